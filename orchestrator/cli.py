@@ -1,0 +1,402 @@
+"""The command line: parse, call the verb's function, render, and map errors to exit codes.
+
+This is the only module that catches :class:`~orchestrator.errors.OrchestratorError`
+and turns it into an exit; it prints one line (fact, place, remedy) on stderr
+and never a traceback unless ``--debug``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from orchestrator import __version__, commands
+from orchestrator.context import EnvContext, contexts
+from orchestrator.db import first_line
+from orchestrator.errors import EXIT_FAILURE, EXIT_USAGE, OrchestratorError
+from orchestrator.executor import NOTHING, RunResult
+from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
+from orchestrator.output import consoles, ids, inert, print_json, table
+from orchestrator.redact import RedactingFilter, redact
+from orchestrator.registry import Registry, load_registry
+
+
+@dataclass
+class State:
+    """Options given before the verb, merged with the verb's own."""
+
+    registry_path: str | None = None
+    env: str | None = None
+    json: bool = False
+    debug: bool = False
+    quiet: bool = False
+    _registry: Registry | None = None
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = load_registry(self.registry_path)
+        return self._registry
+
+    def context(self) -> EnvContext:
+        """Return the selected environment: --env, else ALEMBIC_ENV, else default_env."""
+        registry = self.registry()
+        return contexts(registry, [registry.select(self.env).name])[0]
+
+
+OUT, ERR = consoles()
+
+
+def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --env/--json/--registry to a verb, merge them with the group's, and map errors to exits."""
+
+    @click.option("--registry", "registry_path", metavar="PATH", help="Registry file (default envs/registry.yaml or $ORCHESTRATOR_REGISTRY).")
+    @click.option("--env", "env", metavar="NAME", help="Environment (default: $ALEMBIC_ENV, else default_env).")
+    @click.option("--json", "as_json", is_flag=True, default=False, help="Print JSON for scripts.")
+    @click.pass_context
+    @functools.wraps(fn)
+    def wrapper(click_ctx: click.Context, registry_path: str | None, env: str | None, as_json: bool, **kwargs: Any) -> None:
+        state: State = click_ctx.ensure_object(State)
+        state.registry_path = registry_path or state.registry_path
+        state.env = env or state.env
+        state.json = as_json or state.json
+        try:
+            fn(state, **kwargs)
+        except OrchestratorError as exc:
+            fail(state, str(exc), exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: still one line
+            if state.debug:
+                ERR.file.write(redact(traceback.format_exc()))
+            fail(state, f"internal error: {exc.__class__.__name__}: {first_line(exc)}; rerun with --debug for the traceback",
+                 EXIT_FAILURE)
+
+    return wrapper
+
+
+def fail(state: State, message: str, code: int) -> None:
+    """Print the error on stderr (a traceback only with --debug) and exit with ``code``."""
+    if state.debug and sys.exc_info()[0] is not None:
+        ERR.file.write(redact(traceback.format_exc()))
+    ERR.file.write(f"error: {redact(message)}\n")
+    ERR.file.flush()
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--registry", "registry_path", metavar="PATH", envvar="ORCHESTRATOR_REGISTRY",
+              help="Registry file (default envs/registry.yaml; env ORCHESTRATOR_REGISTRY).")
+@click.option("--env", metavar="NAME", help="Environment (default: $ALEMBIC_ENV, else default_env).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and SQL logging.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines on stderr.")
+@click.version_option(__version__, prog_name="orchestrator")
+@click.pass_context
+def cli(click_ctx: click.Context, registry_path: str | None, env: str | None, as_json: bool, debug: bool, quiet: bool) -> None:
+    """Run Alembic migrations across environments from one YAML registry.
+
+    \b
+    Exit codes: 0 done (or nothing to do), 1 database or migration failure,
+    2 usage or configuration error, 3 refused by the gate, 4 lock not acquired
+    in time, 5 drift or integrity differences found.
+    """
+    click_ctx.obj = State(registry_path=registry_path, env=env, json=as_json, debug=debug, quiet=quiet)
+    if debug:
+        handler = logging.StreamHandler(ERR.file)
+        handler.addFilter(RedactingFilter())
+        logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def progress(state: State, env: str) -> Callable[[Any], None] | None:
+    """Return a callback that prints one stderr line per applied step."""
+    if state.quiet:
+        return None
+
+    def on_step(step: Any) -> None:
+        arrow = {"up": "upgrade", "down": "downgrade", "stamp": "stamp"}.get(step.direction, step.direction)
+        ERR.file.write(f"  {inert(env)}: {arrow} {inert(step.revision)} ({step.duration_ms:.0f} ms)\n")
+        ERR.file.flush()
+
+    return on_step
+
+
+def lock_timeout_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--lock-timeout", type=click.FloatRange(min=0), default=DEFAULT_LOCK_TIMEOUT, show_default=True,
+                        metavar="SECONDS", help="How long to wait for another runner's lock.")(fn)
+
+
+def show_result(state: State, result: RunResult) -> None:
+    """Print what a run did."""
+    if state.json:
+        print_json(OUT, result.to_dict())
+        return
+    if result.status == NOTHING:
+        OUT.print(f"{inert(result.env)}: nothing to do; at {ids(result.heads_after)}")
+        return
+    verb_done = {"upgrade": "upgraded", "downgrade": "downgraded", "stamp": "stamped"}.get(result.command, result.command)
+    OUT.print(f"{inert(result.env)}: {verb_done} {ids(result.plan.heads_before)} -> {ids(result.heads_after)} "
+              f"({len(result.steps)} step{'s' if len(result.steps) != 1 else ''}, run {result.run_id[:12] if result.run_id else '-'})")
+
+
+# ---------------------------------------------------------------------------- verbs
+
+
+@cli.command("envs")
+@verb
+def envs_cmd(state: State) -> None:
+    """List environments: masked URL, folders, promotion source, protection."""
+    rows = commands.envs(state.registry())
+    if state.json:
+        print_json(OUT, rows)
+        return
+    OUT.print(table(None, ["env", "url", "version folders", "promote from", "protected"], [
+        [r["env"] + (" (default)" if r["default"] else ""), r["url"] or f"error: {r['error']}",
+         ", ".join(r["version_locations"]), r["promote_from"] or "-", "yes" if r["protected"] else "no"]
+        for r in rows]))
+
+
+@cli.command("status")
+@verb
+def status_cmd(state: State) -> None:
+    """Show every environment: current heads, target heads, pending steps, last run."""
+    rows = commands.status(state.registry(), [state.env] if state.env else None)
+    if state.json:
+        print_json(OUT, rows)
+    else:
+        render_status(rows)
+    if any(r["error"] for r in rows):
+        sys.exit(EXIT_FAILURE)
+
+
+def render_status(rows: list[dict[str, Any]]) -> None:
+    """Print the status table."""
+    def last(r: dict[str, Any]) -> str:
+        run = r["last_run"]
+        if not run:
+            return "-"
+        text = f"{run['command']} {run['status']} {run['started_at'][:19].replace('T', ' ')}"
+        if run["failed_revision"]:
+            text += f" at {run['failed_revision']}"
+        return text
+
+    OUT.print(table(None, ["env", "current heads", "target heads", "pending", "state", "last run"], [
+        [r["env"], ids(r["current_heads"]), ids(r["target_heads"]), "-" if r["pending"] is None else r["pending"],
+         r["state"] if not r["error"] else f"error: {r['error']}", last(r)] for r in rows]))
+
+
+@cli.command("plan")
+@click.argument("target", default="heads")
+@click.option("--downgrade", "direction", flag_value="downgrade", help="Plan a downgrade to TARGET instead.")
+@verb
+def plan_cmd(state: State, target: str, direction: str | None) -> None:
+    """Show the steps an upgrade to TARGET (default: all heads) would run; touches nothing."""
+    ctx = state.context()
+    plan = commands.plan(ctx, target, command=direction or "upgrade")
+    if state.json:
+        print_json(OUT, plan.to_dict())
+        return
+    if plan.empty:
+        OUT.print(f"{inert(ctx.name)}: nothing to do; at {ids(plan.heads_before)}")
+        return
+    OUT.print(f"{inert(ctx.name)}: {plan.command} {inert(target)} from {ids(plan.heads_before)}, "
+              f"{len(plan.steps)} step(s), fingerprint {plan.fingerprint[:16]}")
+    OUT.print(table(None, ["#", "revision", "direction", "message", "script", "sha256"], [
+        [i, s.revision, s.direction, s.message, commands.path_for_display(s.path, ctx.registry.root) if s.path else "-",
+         s.sha256[:12]] for i, s in enumerate(plan.steps, 1)]))
+
+
+def _run_verb(state: State, result: RunResult | str) -> None:
+    if isinstance(result, str):
+        OUT.file.write(result)
+    else:
+        show_result(state, result)
+
+
+@cli.command("upgrade")
+@click.argument("target", default="heads")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges allowed).")
+@lock_timeout_option
+@verb
+def upgrade_cmd(state: State, target: str, sql: bool, lock_timeout: float) -> None:
+    """Upgrade the environment to TARGET (default: all heads)."""
+    ctx = state.context()
+    _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, on_step=progress(state, ctx.name)))
+
+
+@cli.command("downgrade")
+@click.argument("target")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges).")
+@click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
+@click.option("--reason", metavar="TEXT", help="Why a protected environment is being forced; recorded.")
+@lock_timeout_option
+@verb
+def downgrade_cmd(state: State, target: str, sql: bool, force: bool, reason: str | None, lock_timeout: float) -> None:
+    """Downgrade the environment to TARGET (a revision, -N, or base)."""
+    ctx = state.context()
+    _run_verb(state, commands.downgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, force=force, reason=reason,
+                                        on_step=progress(state, ctx.name)))
+
+
+@cli.command("stamp")
+@click.argument("target")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
+@click.option("--reason", metavar="TEXT", help="Why a protected environment is being forced; recorded.")
+@lock_timeout_option
+@verb
+def stamp_cmd(state: State, target: str, sql: bool, force: bool, reason: str | None, lock_timeout: float) -> None:
+    """Set the version table to TARGET without running migrations."""
+    ctx = state.context()
+    _run_verb(state, commands.stamp(ctx, target, sql=sql, lock_timeout=lock_timeout, force=force, reason=reason))
+
+
+@cli.command("current")
+@verb
+def current_cmd(state: State) -> None:
+    """Show the revisions the environment's database is at."""
+    data = commands.current(state.context())
+    if state.json:
+        print_json(OUT, data)
+        return
+    if not data["heads"]:
+        OUT.print(f"{inert(data['env'])}: (empty: no revision applied)")
+    for h in data["heads"]:
+        OUT.print(f"{inert(data['env'])}: {inert(h['revision'])} {inert(h['message'] or '(not in any visible folder)')}")
+
+
+@cli.command("heads")
+@verb
+def heads_cmd(state: State) -> None:
+    """Show the head revisions of the graph the environment sees."""
+    data = commands.heads(state.context())
+    if state.json:
+        print_json(OUT, data)
+        return
+    for h in data["heads"]:
+        labels = f" ({', '.join(h['branch_labels'])})" if h["branch_labels"] else ""
+        OUT.print(f"{inert(h['revision'])}{inert(labels)} {inert(h['message'])} [{inert(h['folder'])}]")
+
+
+@cli.command("history")
+@verb
+def history_cmd(state: State) -> None:
+    """List the revisions the environment sees, newest first."""
+    data = commands.history(state.context())
+    if state.json:
+        print_json(OUT, data)
+        return
+    OUT.print(table(None, ["revision", "revises", "message", "folder"], [
+        [r["revision"] + (" (head)" if r["is_head"] else ""), ids(r["down_revisions"]), r["message"], r["folder"]]
+        for r in data["revisions"]]))
+
+
+@cli.command("revision")
+@click.option("-m", "--message", required=True, help="The revision's message.")
+@click.option("--autogenerate", is_flag=True, help="Compare the models with the database and write the operations.")
+@click.option("--head", metavar="REV", help="The revision to build on (needed when the environment has several heads).")
+@click.option("--branch-label", metavar="NAME", help="A branch label for the new revision.")
+@click.option("--depends-on", metavar="REV", help="A revision the new one depends on.")
+@click.option("--rev-id", metavar="ID", help="Use this revision id instead of a generated one.")
+@verb
+def revision_cmd(state: State, message: str, autogenerate: bool, head: str | None, branch_label: str | None,
+                 depends_on: str | None, rev_id: str | None) -> None:
+    """Write a new revision into the environment's authoring folder."""
+    data = commands.revision(state.context(), message, autogenerate=autogenerate, head=head,
+                             branch_label=branch_label, depends_on=depends_on, rev_id=rev_id)
+    if state.json:
+        print_json(OUT, data)
+        return
+    for r in data["revisions"]:
+        OUT.print(f"{inert(data['env'])}: wrote {inert(r['revision'])} to {inert(r['path'])}")
+
+
+@cli.command("runs")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
+@click.option("--run", "run_id", metavar="ID", help="Only the run whose id starts with ID, with its steps.")
+@verb
+def runs_cmd(state: State, limit: int, run_id: str | None) -> None:
+    """Show the run history recorded in the environment's database."""
+    data = commands.runs(state.context(), limit=limit, run_id=run_id)
+    if state.json:
+        print_json(OUT, data)
+        return
+    if not data["runs"]:
+        OUT.print(f"{inert(data['env'])}: no runs recorded")
+        return
+    OUT.print(table(f"{data['env']}: runs", ["run", "command", "target", "status", "started (UTC)", "operator", "steps", "error"], [
+        [r["run_id"][:12], r["command"], r["target"], r["status"], (r["started_at"] or "")[:19].replace("T", " "),
+         r["operator"], len(r["steps"]), r["error"] or ""] for r in data["runs"]]))
+    if run_id:
+        for r in data["runs"]:
+            OUT.print(table(f"run {r['run_id'][:12]}: steps", ["#", "revision", "direction", "status", "ms", "sha256", "error"], [
+                [s["seq"], s["revision"], s["direction"], s["status"], s["duration_ms"], (s["script_sha256"] or "")[:12],
+                 s["error"] or ""] for s in r["steps"]]))
+
+
+@cli.command("promote")
+@click.option("--to", "to", required=True, metavar="ENV", help="The environment to bring up to its promote_from.")
+@lock_timeout_option
+@verb
+def promote_cmd(state: State, to: str, lock_timeout: float) -> None:
+    """Apply to ENV exactly the revisions its promote_from environment has applied."""
+    show_result(state, commands.promote(state.registry(), to, lock_timeout=lock_timeout, on_step=progress(state, to)))
+
+
+@cli.command("rollout")
+@click.option("--to", "to", metavar="ENV", help="Stop after this environment (default: the whole chain).")
+@lock_timeout_option
+@verb
+def rollout_cmd(state: State, to: str | None, lock_timeout: float) -> None:
+    """Upgrade the chain's first environment, then promote environment by environment; stop at the first failure."""
+    registry = state.registry()
+    current_env = {"name": ""}
+
+    def on_env(name: str) -> None:
+        current_env["name"] = name
+        if not state.quiet:
+            ERR.file.write(f"{inert(name)}:\n")
+
+    def on_step(step: Any) -> None:
+        cb = progress(state, current_env["name"])
+        if cb:
+            cb(step)
+
+    results = commands.rollout(registry, to, lock_timeout=lock_timeout, on_step=on_step, on_env=on_env)
+    if state.json:
+        print_json(OUT, [r.to_dict() for r in results])
+        return
+    for r in results:
+        show_result(state, r)
+    OUT.print()
+    render_status(commands.status(registry, [e.name for e in registry.promotion_chain(to)]))
+
+
+@cli.command("ini")
+@click.option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout.")
+@verb
+def ini_cmd(state: State, output: str | None) -> None:
+    """Write an alembic.ini with which stock `alembic` works on the environment."""
+    ctx = state.context()
+    text = commands.ini(ctx, output)
+    if state.json:
+        print_json(OUT, {"env": ctx.name, "path": output, "ini": text})
+    elif output:
+        OUT.print(f"{inert(ctx.name)}: wrote {inert(output)}")
+    else:
+        OUT.file.write(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``orchestrator`` console script."""
+    try:
+        cli.main(args=argv, prog_name="orchestrator", standalone_mode=True)
+    except KeyboardInterrupt:
+        ERR.file.write("error: interrupted\n")
+        sys.exit(130)

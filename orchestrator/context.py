@@ -1,0 +1,137 @@
+"""Everything about one environment that the commands need, built lazily and once.
+
+An :class:`EnvContext` bundles the registry entry, the revision graph the
+environment sees (checked closed), the in-memory Alembic ``Config`` and the
+``ScriptDirectory`` over the environment's own folders. Building the context
+sets ``ALEMBIC_ENV`` so that code run by Alembic sees the same environment.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Iterator, TextIO
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import URL
+
+from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
+from orchestrator.loader import RevisionFile, read_folders
+from orchestrator.registry import ENV_SELECT_VAR, Environment, Registry
+
+ENV_ATTRIBUTE = "orchestrator.environment"
+REGISTRY_ATTRIBUTE = "orchestrator.registry"
+RUN_ATTRIBUTE = "orchestrator.recorder"
+
+
+@dataclass
+class EnvContext:
+    """One environment of a registry, ready for Alembic."""
+
+    registry: Registry
+    env: Environment
+    _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.env.name
+
+    @cached_property
+    def url(self) -> URL:
+        """Return the resolved database URL."""
+        return self.env.url()
+
+    @cached_property
+    def all_files(self) -> dict[str, RevisionFile]:
+        """Return every revision in every folder of the registry, ids checked unique."""
+        if self._all_files is None:
+            files = read_folders(self.registry.all_folders(), recursive=self.env.recursive_version_locations)
+            self._all_files = index_unique(files, self.registry.root)
+        return self._all_files
+
+    @cached_property
+    def graph(self) -> EnvironmentGraph:
+        """Return the graph this environment sees, checked closed and acyclic."""
+        return build_environment_graph(self.name, self.env.version_locations, self.all_files, self.registry.root)
+
+    def config(self, *, stdout: TextIO | None = None, output_buffer: TextIO | None = None) -> Config:
+        """Return a fresh in-memory Alembic Config for this environment."""
+        cfg = Config(stdout=stdout or sys.stdout, output_buffer=output_buffer)
+        for key, value in alembic_options(self.env, self.registry).items():
+            cfg.set_main_option(key, value)
+        cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
+        cfg.attributes[ENV_ATTRIBUTE] = self.env
+        cfg.attributes[REGISTRY_ATTRIBUTE] = self.registry
+        return cfg
+
+    @cached_property
+    def script(self) -> ScriptDirectory:
+        """Return Alembic's view of this environment's folders."""
+        self.graph  # refuse an unclosed graph before Alembic trips over it
+        return ScriptDirectory.from_config(self.config())
+
+
+def alembic_options(env: Environment, registry: Registry, *, separator: str = "newline") -> dict[str, str]:
+    """Return the Alembic main options for ``env`` (no URL), as an ini would hold them."""
+    sep = {"newline": "\n", "os": os.pathsep}[separator]
+    options = {
+        "script_location": env.script_location,
+        "path_separator": separator,
+        "version_locations": sep.join(str(p) for p in env.version_locations),
+        "recursive_version_locations": "true" if env.recursive_version_locations else "false",
+        "orchestrator.registry": str(registry.path),
+        "orchestrator.env": env.name,
+    }
+    if env.prepend_sys_path:
+        options["prepend_sys_path"] = sep.join(str(p) for p in env.prepend_sys_path)
+    if env.file_template:
+        options["file_template"] = env.file_template
+    # Config values go through configparser interpolation: escape every '%'
+    return {k: v.replace("%", "%%") for k, v in options.items()}
+
+
+@contextmanager
+def selected_env(name: str) -> Iterator[None]:
+    """Set ``ALEMBIC_ENV`` for code Alembic runs (env.py, scripts), restoring it afterwards."""
+    before = os.environ.get(ENV_SELECT_VAR)
+    os.environ[ENV_SELECT_VAR] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_SELECT_VAR, None)
+        else:
+            os.environ[ENV_SELECT_VAR] = before
+
+
+def contexts(registry: Registry, names: list[str] | None = None) -> list[EnvContext]:
+    """Return contexts for ``names`` (all environments if None), sharing one read of the folders."""
+    chosen = [registry.env(n) for n in names] if names else list(registry.environments.values())
+    shared: dict[str, RevisionFile] | None = None
+    result = []
+    for env in chosen:
+        ctx = EnvContext(registry, env, shared)
+        if shared is None:
+            shared = ctx.all_files
+            ctx._all_files = shared
+        result.append(ctx)
+    return result
+
+
+def path_for_display(path: Path | str, root: Path) -> str:
+    """Return ``path`` relative to the project root where possible."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def describe(value: Any) -> str:
+    """Return a short text for a revision tuple."""
+    if not value:
+        return "(empty)"
+    return ", ".join(value) if isinstance(value, (tuple, list)) else str(value)

@@ -1,0 +1,190 @@
+"""Apply a plan to one environment: lock, plan, gate, run through Alembic, record.
+
+The sequence for every run that changes a database:
+
+1. take the environment's lock (bounded wait);
+2. create the history tables if needed and mark runs a dead runner left
+   'running' as interrupted;
+3. read the current heads and build the plan; nothing to do ends here;
+4. ask the gate; a refusal is recorded as a blocked run and nothing runs;
+5. record the run, then let Alembic apply the steps, each in its own
+   transaction with its history row;
+6. on failure, roll back the failed step (where DDL is transactional),
+   record it with its error, and report the heads the database is left at.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from alembic import command as alembic_command
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from orchestrator.context import RUN_ATTRIBUTE, EnvContext, path_for_display, selected_env
+from orchestrator.db import dialect_name, first_line, run_with_connection
+from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
+from orchestrator.gate import Gate, default_gate
+from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
+from orchestrator.plan import Plan, build_plan
+from orchestrator.recorder import BLOCKED, FAILED, INTERRUPTED, SUCCEEDED, Recorder, StepRecord
+
+NOTHING = "nothing to do"
+# a revision argument, or several heads to reach at once (promote)
+Target = str | tuple[str, ...]
+
+
+@dataclass
+class RunResult:
+    """What one run did to one environment."""
+
+    env: str
+    command: str
+    target: str
+    status: str
+    plan: Plan
+    heads_after: tuple[str, ...]
+    run_id: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as plain data for ``--json``."""
+        return {
+            "env": self.env, "command": self.command, "target": self.target, "status": self.status,
+            "run_id": self.run_id, "heads_before": list(self.plan.heads_before), "heads_after": list(self.heads_after),
+            "plan_fingerprint": self.plan.fingerprint,
+            "steps": [{"seq": s.seq, "revision": s.revision, "direction": s.direction, "status": s.status,
+                       "duration_ms": s.duration_ms} for s in self.steps],
+        }
+
+
+def current_heads(conn: Connection, ctx: EnvContext) -> tuple[str, ...]:
+    """Return the revisions in the environment's version table (empty before the first run)."""
+    mc = MigrationContext.configure(conn, opts={
+        "version_table": ctx.env.version_table, "version_table_schema": ctx.env.version_table_schema,
+    })
+    heads = tuple(sorted(mc.get_current_heads()))
+    conn.commit()
+    return heads
+
+
+def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+            forced_reason: str | None = None, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
+            gate: Gate = default_gate) -> RunResult:
+    """Run ``command`` (upgrade, downgrade or stamp) to ``target`` on one environment under its lock."""
+    ctx.graph  # refuse an unusable graph before connecting
+
+    def invoke(conn: Connection, recorder: Recorder) -> None:
+        cfg = ctx.config()
+        cfg.attributes["connection"] = conn
+        cfg.attributes[RUN_ATTRIBUTE] = recorder
+        getattr(alembic_command, command)(cfg, target)
+
+    return run_with_connection(ctx.url, ctx.name, lambda conn: run_locked(
+        conn, ctx, command, target, invoke, lock_timeout=lock_timeout, forced_reason=forced_reason,
+        force=force, on_step=on_step, gate=gate))
+
+
+def run_locked(conn: Connection, ctx: EnvContext, command: str, target: Target,
+               invoke: Callable[[Connection, Recorder], None], *, lock_timeout: float,
+               forced_reason: str | None = None, force: bool = False,
+               on_step: Callable[[StepRecord], None] | None = None, gate: Gate = default_gate) -> RunResult:
+    """Take the lock on ``conn``, then plan, gate, apply through ``invoke`` and record."""
+    schema = ctx.env.version_table_schema
+    lock = lock_for(conn, ctx.url, f"{schema or ''}.{ctx.env.version_table}")
+    acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
+    try:
+        return _apply(conn, ctx, command, target, invoke, forced_reason=forced_reason, force=force,
+                      on_step=on_step, gate=gate)
+    finally:
+        _release(lock, conn)
+
+
+def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
+           invoke: Callable[[Connection, Recorder], None], *, forced_reason: str | None, force: bool,
+           on_step: Callable[[StepRecord], None] | None, gate: Gate) -> RunResult:
+    """Plan, gate, run and record, with the lock held."""
+    recorder = Recorder(conn, ctx.name, ctx.env.version_table_schema, on_step=on_step)
+    recorder.ensure_tables()
+    recorder.mark_interrupted()
+    conn.commit()
+    heads = current_heads(conn, ctx)
+    plan = build_plan(ctx.name, command, target, heads, ctx.script, ctx.graph)
+    if plan.empty:
+        return RunResult(ctx.name, command, plan.target, NOTHING, plan, heads)
+    reasons = gate(plan, ctx, conn, force=force, reason=forced_reason)
+    if reasons:
+        recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
+                           forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
+        conn.commit()
+        raise GateRefused(_refusal_message(ctx.name, reasons), env=ctx.name, reasons=tuple(reasons))
+    recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
+                       forced_reason=forced_reason)
+    conn.commit()
+    try:
+        with selected_env(ctx.name):
+            invoke(conn, recorder)
+    except BaseException as exc:
+        raise _record_failure(conn, ctx, plan, recorder, exc) from exc
+    heads_after = current_heads(conn, ctx)
+    recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)
+    conn.commit()
+    return RunResult(ctx.name, command, plan.target, SUCCEEDED, plan, heads_after, recorder.run_id, recorder.steps)
+
+
+def _refusal_message(env: str, reasons: list[str]) -> str:
+    """Return one report listing every reason the gate gave."""
+    if len(reasons) == 1:
+        return f"{env}: refused: {reasons[0]}"
+    return f"{env}: refused for {len(reasons)} reasons:\n" + "\n".join(f"  - {r}" for r in reasons)
+
+
+def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Recorder,
+                    exc: BaseException) -> BaseException:
+    """Roll back the failed step, record it and the run, and return the error to raise."""
+    failed = plan.steps[len(recorder.steps)] if recorder.migrations_started and len(recorder.steps) < len(plan.steps) else None
+    interrupted = not isinstance(exc, Exception)
+    detail = "interrupted" if interrupted else first_line(exc)
+    try:
+        conn.rollback()
+        if failed is not None:
+            recorder.record_step(revision=failed.revision, down_revisions=failed.down_revisions,
+                                 direction=failed.direction, sha256=failed.sha256,
+                                 status=INTERRUPTED if interrupted else FAILED, error=detail)
+        heads_after = current_heads(conn, ctx)
+        recorder.finish_run(status=INTERRUPTED if interrupted else FAILED, heads_after=heads_after, error=detail)
+        conn.commit()
+    except Exception as record_exc:
+        if interrupted:
+            return exc
+        where = f" during revision {failed.revision}" if failed else ""
+        return DatabaseError(
+            f"environment '{ctx.name}': lost the database connection{where}: {first_line(record_exc)}; "
+            "the run will show as interrupted once the next run takes the lock", env=ctx.name)
+    if interrupted or isinstance(exc, OrchestratorError):
+        return exc
+    return MigrationFailed(_failure_message(ctx, failed, detail, heads_after), env=ctx.name,
+                           revision=failed.revision if failed else None)
+
+
+def _failure_message(ctx: EnvContext, failed: Any, detail: str, heads_after: tuple[str, ...]) -> str:
+    """Say which revision failed, why, and where the database was left."""
+    at = ", ".join(heads_after) or "base"
+    if failed is None:
+        return f"environment '{ctx.name}': migration run failed before any revision ran: {detail}; the database is at {at}"
+    where = path_for_display(failed.path, ctx.registry.root)
+    if dialect_name(ctx.url) == "mysql":
+        state = (f"the database is at {at}; MySQL/MariaDB commit DDL as it runs, so statements of {failed.revision} "
+                 "before the failure may remain: inspect the schema before rerunning")
+    else:
+        state = f"rolled back; the database is at {at}"
+    return (f"environment '{ctx.name}': revision {failed.revision} ({where}) failed: {detail}; {state}; "
+            f"see `orchestrator runs --env {ctx.name}`")
+
+
+def _release(lock: Any, conn: Connection) -> None:
+    """Release the lock; a dead connection has released it already."""
+    try:
+        lock.release()
+    except Exception:
+        pass

@@ -1,0 +1,56 @@
+"""Render command results for people (rich tables) and scripts (JSON).
+
+Every value that comes from scripts, the registry or a database goes through
+:func:`inert` so control characters and terminal escapes cannot act on the
+reader's terminal; everything written passes the password filter.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.redact import RedactingStream, redact
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def inert(value: Any) -> str:
+    """Return ``value`` as text with control characters shown as escapes."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", redact(text))
+
+
+def consoles() -> tuple[Console, Console]:
+    """Return consoles for stdout and stderr that mask secrets."""
+    # pipes and CI logs get a wide table rather than rich's 80-column default
+    width = None if sys.stdout.isatty() else 160
+    out = Console(file=RedactingStream(sys.stdout), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
+    err = Console(file=RedactingStream(sys.stderr), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
+    return out, err
+
+
+def print_json(console: Console, data: Any) -> None:
+    """Write ``data`` as JSON on its own, no styling."""
+    console.file.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
+
+
+def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    """Return a table whose cells are inert text."""
+    t = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*(Text(inert(cell)) for cell in row))
+    return t
+
+
+def ids(values: Iterable[str] | None) -> str:
+    """Return revision ids for a table cell."""
+    values = list(values or [])
+    return ", ".join(values) if values else "(none)"

@@ -1,0 +1,287 @@
+"""The run history in the target database: the only module that writes it.
+
+Two tables, ``orchestrator_runs`` and ``orchestrator_steps``, live beside the
+Alembic version table (same schema). Each applied step is recorded from
+Alembic's ``on_version_apply`` hook, inside the step's own transaction, so the
+history and the schema never disagree on dialects with transactional DDL.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import alembic
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Connection
+
+from orchestrator import __version__
+from orchestrator.redact import redact
+
+RUNS_TABLE = "orchestrator_runs"
+STEPS_TABLE = "orchestrator_steps"
+HISTORY_TABLES = (RUNS_TABLE, STEPS_TABLE)
+
+RUNNING, SUCCEEDED, FAILED, BLOCKED, INTERRUPTED = "running", "succeeded", "failed", "blocked", "interrupted"
+
+_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+_tables: dict[str | None, tuple[sa.Table, sa.Table]] = {}
+
+
+def history_tables(schema: str | None = None) -> tuple[sa.Table, sa.Table]:
+    """Return the runs and steps tables for a schema (None: the default schema)."""
+    if schema not in _tables:
+        md = sa.MetaData(schema=schema)
+        runs = sa.Table(
+            RUNS_TABLE, md,
+            sa.Column("run_id", sa.String(32), primary_key=True),
+            sa.Column("env", sa.String(64), nullable=False),
+            sa.Column("command", sa.String(32), nullable=False),
+            sa.Column("target", sa.String(255)),
+            sa.Column("heads_before", sa.String(1000)),
+            sa.Column("heads_after", sa.String(1000)),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("started_at", _Timestamp, nullable=False),
+            sa.Column("finished_at", _Timestamp),
+            sa.Column("operator", sa.String(255), nullable=False),
+            sa.Column("tool_version", sa.String(32), nullable=False),
+            sa.Column("alembic_version", sa.String(32), nullable=False),
+            sa.Column("plan_fingerprint", sa.String(64)),
+            sa.Column("forced_reason", sa.Text),
+            sa.Column("error", sa.Text),
+            sa.Index("ix_orchestrator_runs_env_started", "env", "started_at"),
+            sa.Index("ix_orchestrator_runs_status", "status"),
+        )
+        steps = sa.Table(
+            STEPS_TABLE, md,
+            sa.Column("run_id", sa.String(32), sa.ForeignKey(runs.c.run_id, name="fk_orchestrator_steps_run"), primary_key=True),
+            sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("revision", sa.String(255), nullable=False),
+            sa.Column("down_revisions", sa.String(1000)),
+            sa.Column("direction", sa.String(8), nullable=False),
+            sa.Column("script_sha256", sa.String(64)),
+            sa.Column("reviewer", sa.String(255)),
+            sa.Column("started_at", _Timestamp, nullable=False),
+            sa.Column("duration_ms", sa.Float),
+            sa.Column("status", sa.String(16), nullable=False),
+            sa.Column("error", sa.Text),
+            sa.Index("ix_orchestrator_steps_revision", "revision"),
+        )
+        _tables[schema] = (runs, steps)
+    return _tables[schema]
+
+
+def operator_name() -> str:
+    """Return who runs this: ``$ORCHESTRATOR_OPERATOR``, else user@host."""
+    explicit = os.environ.get("ORCHESTRATOR_OPERATOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def utcnow() -> datetime:
+    """Return the current UTC time without tzinfo (what every dialect stores alike)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def join_ids(ids: Iterable[str]) -> str:
+    """Return revision ids as one space-separated string, sorted."""
+    return " ".join(sorted(ids))
+
+
+def split_ids(text: str | None) -> list[str]:
+    """Return the revision ids stored by :func:`join_ids`."""
+    return text.split() if text else []
+
+
+@dataclass
+class StepRecord:
+    """One step as recorded (or about to be)."""
+
+    seq: int
+    revision: str
+    down_revisions: tuple[str, ...]
+    direction: str
+    script_sha256: str | None
+    started_at: datetime
+    duration_ms: float
+    status: str
+    error: str | None = None
+    reviewer: str | None = None
+
+
+@dataclass
+class Recorder:
+    """Write one environment's history on one connection."""
+
+    conn: Connection
+    env: str
+    schema: str | None = None
+    run_id: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    on_step: Callable[[StepRecord], None] | None = None
+    migrations_started: bool = False
+    _step_clock: float = 0.0
+    _step_started: datetime | None = None
+
+    @property
+    def runs(self) -> sa.Table:
+        return history_tables(self.schema)[0]
+
+    @property
+    def steps_table(self) -> sa.Table:
+        return history_tables(self.schema)[1]
+
+    def ensure_tables(self) -> None:
+        """Create the history tables if they are missing."""
+        runs, steps = history_tables(self.schema)
+        runs.metadata.create_all(self.conn, tables=[runs, steps], checkfirst=True)
+
+    def mark_interrupted(self) -> int:
+        """Mark runs left 'running' by a dead runner as interrupted; call only while holding the lock."""
+        result = self.conn.execute(
+            self.runs.update()
+            .where(self.runs.c.env == self.env, self.runs.c.status == RUNNING)
+            .values(status=INTERRUPTED, finished_at=utcnow(), error="runner stopped before finishing (process killed or connection lost)")
+        )
+        return result.rowcount or 0
+
+    def start_run(self, *, command: str, target: str | None, heads_before: Iterable[str], fingerprint: str | None,
+                  forced_reason: str | None = None, status: str = RUNNING, error: str | None = None) -> str:
+        """Insert a run row and return its id."""
+        self.run_id = uuid.uuid4().hex
+        now = utcnow()
+        self.conn.execute(self.runs.insert().values(
+            run_id=self.run_id, env=self.env, command=command, target=target,
+            heads_before=join_ids(heads_before), status=status, started_at=now,
+            finished_at=None if status == RUNNING else now,
+            operator=redact(operator_name()), tool_version=__version__, alembic_version=alembic.__version__,
+            plan_fingerprint=fingerprint, forced_reason=redact(forced_reason) if forced_reason else None,
+            error=redact(error) if error else None,
+        ))
+        self._step_clock = time.perf_counter()
+        self._step_started = now
+        return self.run_id
+
+    def begin_steps(self) -> None:
+        """Start the clock of the first step (env.py calls this right before Alembic runs steps)."""
+        self.migrations_started = True
+        self._step_clock = time.perf_counter()
+        self._step_started = utcnow()
+
+    def on_version_apply(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        """Alembic hook: record the step just applied, in the step's transaction."""
+        info = step
+        direction = "stamp" if info.is_stamp else ("up" if info.is_upgrade else "down")
+        revision = info.up_revision_id if (info.is_upgrade or info.is_stamp) else (info.up_revision_id or "")
+        if info.is_stamp:
+            revision = join_ids(info.destination_revision_ids) or "base"
+        script = info.up_revision if not info.is_stamp else None
+        down = tuple(info.down_revision_ids)
+        self.record_step(revision=revision, down_revisions=down, direction=direction,
+                         sha256=_script_sha256(script), status=SUCCEEDED, conn=ctx.connection)
+
+    def record_step(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
+                    status: str, error: str | None = None, conn: Connection | None = None,
+                    reviewer: str | None = None) -> StepRecord:
+        """Insert one step row and restart the step clock."""
+        now = time.perf_counter()
+        record = StepRecord(
+            seq=len(self.steps) + 1, revision=revision, down_revisions=down_revisions, direction=direction,
+            script_sha256=sha256, started_at=self._step_started or utcnow(),
+            duration_ms=round((now - self._step_clock) * 1000, 3), status=status,
+            error=redact(error) if error else None, reviewer=reviewer,
+        )
+        (conn or self.conn).execute(self.steps_table.insert().values(
+            run_id=self.run_id, seq=record.seq, revision=record.revision,
+            down_revisions=join_ids(record.down_revisions), direction=record.direction,
+            script_sha256=record.script_sha256, reviewer=record.reviewer, started_at=record.started_at,
+            duration_ms=record.duration_ms, status=record.status, error=record.error,
+        ))
+        self.steps.append(record)
+        self._step_clock = time.perf_counter()
+        self._step_started = utcnow()
+        if self.on_step is not None:
+            self.on_step(record)
+        return record
+
+    def finish_run(self, *, status: str, heads_after: Iterable[str] | None, error: str | None = None) -> None:
+        """Close the current run row with its final status."""
+        self.conn.execute(
+            self.runs.update().where(self.runs.c.run_id == self.run_id).values(
+                status=status, finished_at=utcnow(),
+                heads_after=join_ids(heads_after) if heads_after is not None else None,
+                error=redact(error) if error else None,
+            )
+        )
+
+
+def running_run(conn: Connection, env: str, schema: str | None = None) -> dict[str, Any] | None:
+    """Return the newest run still marked running for ``env`` (the lock holder), if readable."""
+    runs = history_tables(schema)[0]
+    try:
+        row = conn.execute(
+            sa.select(runs).where(runs.c.env == env, runs.c.status == RUNNING).order_by(runs.c.started_at.desc()).limit(1)
+        ).mappings().first()
+    except sa.exc.DBAPIError:
+        conn.rollback()
+        return None
+    return dict(row) if row else None
+
+
+def read_runs(conn: Connection, env: str, schema: str | None = None, *, limit: int | None = 20,
+              run_id: str | None = None) -> list[dict[str, Any]]:
+    """Return runs of ``env``, newest first, each with its steps under ``steps``."""
+    runs, steps = history_tables(schema)
+    if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        return []
+    query = sa.select(runs).where(runs.c.env == env).order_by(runs.c.started_at.desc())
+    if run_id:
+        query = query.where(runs.c.run_id.startswith(run_id))
+    if limit:
+        query = query.limit(limit)
+    rows = [dict(r) for r in conn.execute(query).mappings()]
+    if rows:
+        ids = [r["run_id"] for r in rows]
+        by_run: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        for s in conn.execute(sa.select(steps).where(steps.c.run_id.in_(ids)).order_by(steps.c.run_id, steps.c.seq)).mappings():
+            by_run[s["run_id"]].append(dict(s))
+        for r in rows:
+            r["steps"] = by_run[r["run_id"]]
+    return rows
+
+
+def last_run(conn: Connection, env: str, schema: str | None = None) -> dict[str, Any] | None:
+    """Return the newest run of ``env`` with its steps, or None."""
+    rows = read_runs(conn, env, schema, limit=1)
+    return rows[0] if rows else None
+
+
+def _script_sha256(script: Any) -> str | None:
+    """Return the sha256 of a Script's file, or None when there is no file."""
+    path = getattr(script, "path", None)
+    if not path:
+        return None
+    from orchestrator.loader import sha256_of
+    from pathlib import Path
+
+    try:
+        return sha256_of(Path(path))
+    except OSError:
+        return None
+
+
+def dumps_ids(ids: Iterable[str]) -> str:
+    """Return ids as a JSON list (for output)."""
+    return json.dumps(sorted(ids))

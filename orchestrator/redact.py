@@ -1,0 +1,64 @@
+"""Keep passwords out of everything the orchestrator writes.
+
+Every password found in a registry URL is registered here when the URL is
+resolved; text bound for a terminal, a log, a history row or a report passes
+through :func:`redact` first.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from typing import TextIO
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+_secrets: set[str] = set()
+
+
+def register_secret(secret: str | None) -> None:
+    """Remember a secret (and its URL-encoded spellings) so it is masked from now on."""
+    if not secret:
+        return
+    for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+        _secrets.add(form)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with every registered secret replaced by ``***``."""
+    if not _secrets or not text:
+        return text
+    # longest first, so a secret containing another is masked whole
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that masks secrets before writing to the wrapped stream."""
+
+    def __init__(self, wrapped: TextIO):
+        self._wrapped = wrapped
+
+    def write(self, s: str) -> int:
+        self._wrapped.write(redact(s))
+        return len(s)
+
+    def flush(self) -> None:
+        self._wrapped.flush()
+
+    def isatty(self) -> bool:
+        return self._wrapped.isatty()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._wrapped, "encoding", "utf-8")
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in every record's final message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
