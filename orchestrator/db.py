@@ -56,6 +56,9 @@ def make_engine(url: URL, env: str) -> Any:
         extra = _EXTRAS.get(exc.name or "", None)
         hint = f"pip install 'orchestrator[{extra}]'" if extra else f"pip install {exc.name}"
         raise ConfigError(f"environment '{env}': driver module '{exc.name}' for '{url.drivername}' is not installed; {hint}") from None
+    except ImportError as exc:
+        # SQLAlchemy's asyncio layer needs greenlet
+        raise ConfigError(f"environment '{env}': '{url.drivername}' needs greenlet: pip install 'orchestrator[async]'") from None
     except ArgumentError as exc:
         raise ConfigError(f"environment '{env}': invalid database URL options: {redact(str(exc))}") from None
     if url.get_backend_name() == "sqlite":
@@ -98,10 +101,13 @@ def run_with_connection(url: URL, env: str, fn: Callable[[Connection], T]) -> T:
 
     async def main() -> T:
         try:
+            aconn = engine.connect()
             with _connect_errors(url, env):
-                aconn = await engine.connect()
-            async with aconn:
+                await aconn.start()
+            try:
                 return await aconn.run_sync(fn)
+            finally:
+                await aconn.close()
         finally:
             await engine.dispose()
 

@@ -66,7 +66,7 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
     from orchestrator.db import run_with_connection
     from orchestrator.executor import run_locked
 
-    command = _RECORDED_COMMANDS.get(getattr(context.context_opts.get("fn"), "__name__", ""))
+    command = _invoked_command(context)
     ctx = EnvContext(registry, env)
 
     def work(conn: Connection) -> None:
@@ -82,6 +82,19 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
         work(connection)
     else:
         run_with_connection(ctx.url, env.name, work)
+
+
+def _invoked_command(context: Any) -> str | None:
+    """Return upgrade, downgrade or stamp when Alembic runs one of those, else None."""
+    # alembic.context is a module proxy; the EnvironmentContext behind it keeps the
+    # verb's step function in its options (the only place the verb is known when
+    # Alembic is driven through its Python API rather than its command line)
+    instance = getattr(context, "_proxy", None) or context
+    fn = getattr(instance, "context_opts", {}).get("fn")
+    name = getattr(fn, "__name__", "")
+    if not name and context.config.cmd_opts is not None:
+        name = getattr(getattr(context.config.cmd_opts, "cmd", (None,))[0], "__name__", "")
+    return _RECORDED_COMMANDS.get(name)
 
 
 def _run_online(context: Any, connection: Connection, recorder: Recorder | None, opts: dict[str, Any]) -> None:
