@@ -30,8 +30,8 @@ def consoles() -> tuple[Console, Console]:
     """Return consoles for stdout and stderr that mask secrets."""
     # pipes and CI logs get a wide table rather than rich's 80-column default
     width = None if sys.stdout.isatty() else 160
-    out = Console(file=RedactingStream(sys.stdout), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
-    err = Console(file=RedactingStream(sys.stderr), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
+    out = Console(file=RedactingStream(lambda: sys.stdout), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
+    err = Console(file=RedactingStream(lambda: sys.stderr), highlight=False, soft_wrap=True, markup=False, emoji=False, width=width)
     return out, err
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TextIO
+from typing import Callable, TextIO
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -35,10 +35,18 @@ def redact(text: str) -> str:
 
 
 class RedactingStream(io.TextIOBase):
-    """A text stream that masks secrets before writing to the wrapped stream."""
+    """A text stream that masks secrets before writing to the wrapped stream.
 
-    def __init__(self, wrapped: TextIO):
-        self._wrapped = wrapped
+    ``wrapped`` may be a callable returning the stream, so that the stream is
+    looked up at each write (``lambda: sys.stdout`` follows redirections).
+    """
+
+    def __init__(self, wrapped: TextIO | Callable[[], TextIO]):
+        self._target = wrapped
+
+    @property
+    def _wrapped(self) -> TextIO:
+        return self._target() if callable(self._target) else self._target
 
     def write(self, s: str) -> int:
         self._wrapped.write(redact(s))
