@@ -49,6 +49,8 @@ class State:
 
 
 OUT, ERR = consoles()
+# let `downgrade -1` pass -1 as the revision, as Alembic does
+RELATIVE_REVISIONS = {"ignore_unknown_options": True}
 
 
 def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -121,7 +123,8 @@ def progress(state: State, env: str) -> Callable[[Any], None] | None:
 
     def on_step(step: Any) -> None:
         arrow = {"up": "upgrade", "down": "downgrade", "stamp": "stamp"}.get(step.direction, step.direction)
-        ERR.file.write(f"  {inert(env)}: {arrow} {inert(step.revision)} ({step.duration_ms:.0f} ms)\n")
+        outcome = "" if step.status == "succeeded" else f" {step.status.upper()}"
+        ERR.file.write(f"  {inert(env)}: {arrow} {inert(step.revision)}{outcome} ({step.duration_ms:.0f} ms)\n")
         ERR.file.flush()
 
     return on_step
@@ -191,7 +194,7 @@ def render_status(rows: list[dict[str, Any]]) -> None:
          r["state"] if not r["error"] else f"error: {r['error']}", last(r)] for r in rows]))
 
 
-@cli.command("plan")
+@cli.command("plan", context_settings=RELATIVE_REVISIONS)
 @click.argument("target", default="heads")
 @click.option("--downgrade", "direction", flag_value="downgrade", help="Plan a downgrade to TARGET instead.")
 @verb
@@ -219,7 +222,7 @@ def _run_verb(state: State, result: RunResult | str) -> None:
         show_result(state, result)
 
 
-@cli.command("upgrade")
+@cli.command("upgrade", context_settings=RELATIVE_REVISIONS)
 @click.argument("target", default="heads")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges allowed).")
 @lock_timeout_option
@@ -230,7 +233,7 @@ def upgrade_cmd(state: State, target: str, sql: bool, lock_timeout: float) -> No
     _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, on_step=progress(state, ctx.name)))
 
 
-@cli.command("downgrade")
+@cli.command("downgrade", context_settings=RELATIVE_REVISIONS)
 @click.argument("target")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges).")
 @click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
@@ -244,7 +247,7 @@ def downgrade_cmd(state: State, target: str, sql: bool, force: bool, reason: str
                                         on_step=progress(state, ctx.name)))
 
 
-@cli.command("stamp")
+@cli.command("stamp", context_settings=RELATIVE_REVISIONS)
 @click.argument("target")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
 @click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
