@@ -6,7 +6,9 @@ only renders them and maps errors to exit codes.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -191,7 +193,8 @@ def revision(ctx: EnvContext, message: str, *, autogenerate: bool = False, head:
                 "pass --head REV (or --head base --branch-label NAME for a new branch)")
         head = "head"
     try:
-        with selected_env(ctx.name):
+        # Alembic prints "Generating ..." on stdout; keep stdout for our result
+        with selected_env(ctx.name), contextlib.redirect_stdout(sys.stderr):
             script = alembic_command.revision(
                 cfg, message=message, autogenerate=autogenerate, head=head, branch_label=branch_label,
                 version_path=str(ctx.env.authoring_location), rev_id=rev_id, depends_on=depends_on)

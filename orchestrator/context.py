@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
 from orchestrator.loader import RevisionFile, read_folders
+from orchestrator.redact import RedactingStream
 from orchestrator.registry import ENV_SELECT_VAR, Environment, Registry
 
 ENV_ATTRIBUTE = "orchestrator.environment"
@@ -60,7 +61,8 @@ class EnvContext:
 
     def config(self, *, stdout: TextIO | None = None, output_buffer: TextIO | None = None) -> Config:
         """Return a fresh in-memory Alembic Config for this environment."""
-        cfg = Config(stdout=stdout or sys.stdout, output_buffer=output_buffer)
+        # Alembic's own messages ("Generating ...") are progress: stderr, keeping stdout for results
+        cfg = Config(stdout=stdout or RedactingStream(lambda: sys.stderr), output_buffer=output_buffer)
         for key, value in alembic_options(self.env, self.registry).items():
             cfg.set_main_option(key, value)
         cfg.set_main_option("sqlalchemy.url", self.url.render_as_string(hide_password=False).replace("%", "%%"))
