@@ -7,9 +7,11 @@ and never a traceback unless ``--debug``.
 from __future__ import annotations
 
 import functools
+import re
 import logging
 import sys
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -49,8 +51,40 @@ class State:
 
 
 OUT, ERR = consoles()
-# let `downgrade -1` pass -1 as the revision, as Alembic does
-RELATIVE_REVISIONS = {"ignore_unknown_options": True}
+_RELATIVE = re.compile(r"[+-]\d+")
+
+
+class OrchestratorGroup(click.Group):
+    """The verb group; click's usage errors become one ``error:`` line and exit 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            OUT.file.write(exc.ctx.get_help() + "\n" if exc.ctx else str(exc))
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+            ERR.file.write(f"error: {redact(exc.format_message().rstrip('.'))}{where}\n")
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            ERR.file.write("error: aborted\n")
+            sys.exit(EXIT_FAILURE)
+        except click.ClickException as exc:
+            ERR.file.write(f"error: {redact(exc.format_message())}\n")
+            sys.exit(exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class RevisionCommand(click.Command):
+    """A verb whose revision argument may be relative (``-1``, ``+2``), as in Alembic."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" not in args and any(_RELATIVE.fullmatch(a) for a in args):
+            args = [a for a in args if not _RELATIVE.fullmatch(a)] + ["--"] + [a for a in args if _RELATIVE.fullmatch(a)]
+        return super().parse_args(ctx, args)
 
 
 def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -92,7 +126,7 @@ def fail(state: State, message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--registry", "registry_path", metavar="PATH", envvar="ORCHESTRATOR_REGISTRY",
               help="Registry file (default envs/registry.yaml; env ORCHESTRATOR_REGISTRY).")
 @click.option("--env", metavar="NAME", help="Environment (default: $ALEMBIC_ENV, else default_env).")
@@ -194,7 +228,7 @@ def render_status(rows: list[dict[str, Any]]) -> None:
          r["state"] if not r["error"] else f"error: {r['error']}", last(r)] for r in rows]))
 
 
-@cli.command("plan", context_settings=RELATIVE_REVISIONS)
+@cli.command("plan", cls=RevisionCommand)
 @click.argument("target", default="heads")
 @click.option("--downgrade", "direction", flag_value="downgrade", help="Plan a downgrade to TARGET instead.")
 @verb
@@ -222,7 +256,7 @@ def _run_verb(state: State, result: RunResult | str) -> None:
         show_result(state, result)
 
 
-@cli.command("upgrade", context_settings=RELATIVE_REVISIONS)
+@cli.command("upgrade", cls=RevisionCommand)
 @click.argument("target", default="heads")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges allowed).")
 @lock_timeout_option
@@ -233,7 +267,7 @@ def upgrade_cmd(state: State, target: str, sql: bool, lock_timeout: float) -> No
     _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, on_step=progress(state, ctx.name)))
 
 
-@cli.command("downgrade", context_settings=RELATIVE_REVISIONS)
+@cli.command("downgrade", cls=RevisionCommand)
 @click.argument("target")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges).")
 @click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
@@ -247,7 +281,7 @@ def downgrade_cmd(state: State, target: str, sql: bool, force: bool, reason: str
                                         on_step=progress(state, ctx.name)))
 
 
-@cli.command("stamp", context_settings=RELATIVE_REVISIONS)
+@cli.command("stamp", cls=RevisionCommand)
 @click.argument("target")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it.")
 @click.option("--force", is_flag=True, help="Allow on a protected environment (with --reason).")
@@ -396,10 +430,16 @@ def ini_cmd(state: State, output: str | None) -> None:
         OUT.file.write(text)
 
 
+def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Print a library warning as one ``warning:`` line on stderr."""
+    ERR.file.write(f"warning: {' '.join(str(message).split())}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``orchestrator`` console script."""
+    warnings.showwarning = _warning_line
     try:
-        cli.main(args=argv, prog_name="orchestrator", standalone_mode=True)
+        cli.main(args=argv, prog_name="orchestrator")
     except KeyboardInterrupt:
         ERR.file.write("error: interrupted\n")
         sys.exit(130)

@@ -16,7 +16,7 @@ from alembic import command as alembic_command
 from sqlalchemy.engine import Connection
 
 from orchestrator.context import EnvContext, alembic_options, contexts, path_for_display, selected_env
-from orchestrator.db import first_line, run_with_connection
+from orchestrator.db import first_line, make_engine, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, OrchestratorError
 from orchestrator.executor import NOTHING, RunResult, current_heads, execute
 from orchestrator.gate import Gate, default_gate
@@ -32,10 +32,12 @@ def envs(registry: Registry) -> list[dict[str, Any]]:
     """Return every environment with its masked URL, folders and protection."""
     rows = []
     for env in registry.environments.values():
+        url, error = None, None
         try:
-            url, error = env.masked_url(), None
+            url = env.masked_url()
+            make_engine(env.url(), env.name)  # an unknown or missing driver shows here; nothing connects
         except OrchestratorError as exc:
-            url, error = None, str(exc)
+            error = str(exc)
         rows.append({
             "env": env.name, "url": url, "error": error,
             "version_locations": [path_for_display(p, registry.root) for p in env.version_locations],
@@ -154,6 +156,7 @@ def offline_sql(ctx: EnvContext, command: str, target: str) -> str:
 
 def current(ctx: EnvContext) -> dict[str, Any]:
     """Return the revisions the environment's database is at."""
+    ctx.graph
     heads = read_heads(ctx)
     return {"env": ctx.name, "heads": [_revision_info(ctx, h) for h in heads]}
 

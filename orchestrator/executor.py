@@ -26,7 +26,7 @@ from orchestrator.db import dialect_name, first_line, run_with_connection
 from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
-from orchestrator.plan import Plan, build_plan
+from orchestrator.plan import Plan, build_plan, check_target
 from orchestrator.recorder import BLOCKED, FAILED, INTERRUPTED, SUCCEEDED, Recorder, StepRecord
 
 NOTHING = "nothing to do"
@@ -72,7 +72,7 @@ def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: floa
             forced_reason: str | None = None, force: bool = False, on_step: Callable[[StepRecord], None] | None = None,
             gate: Gate = default_gate) -> RunResult:
     """Run ``command`` (upgrade, downgrade or stamp) to ``target`` on one environment under its lock."""
-    ctx.graph  # refuse an unusable graph before connecting
+    check_target(ctx.name, target, ctx.script, ctx.graph)  # refuse a bad target before touching the database
 
     def invoke(conn: Connection, recorder: Recorder) -> None:
         cfg = ctx.config()

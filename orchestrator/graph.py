@@ -22,6 +22,8 @@ class EnvironmentGraph:
     env: str
     revisions: dict[str, RevisionFile]
     heads: tuple[str, ...]
+    others: dict[str, RevisionFile]  # every revision of every folder, to say where an unseen one lives
+    root: Path
 
     def get(self, revision: str) -> RevisionFile | None:
         """Return the revision with this exact id, if the environment sees it."""
@@ -58,7 +60,7 @@ def build_environment_graph(
     _check_acyclic(visible, labels, root)
     referenced = {d for f in visible.values() for d in f.down_revisions}
     heads = tuple(rev for rev in visible if rev not in referenced)
-    return EnvironmentGraph(env=env, revisions=visible, heads=heads)
+    return EnvironmentGraph(env=env, revisions=visible, heads=heads, others=all_files, root=root)
 
 
 def _label_index(files: dict[str, RevisionFile]) -> dict[str, str]:

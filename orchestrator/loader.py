@@ -72,17 +72,24 @@ def read_revision_file(path: Path, folder: Path) -> RevisionFile:
     try:
         tree = ast.parse(data, filename=str(path))
     except SyntaxError as exc:
-        raise GraphError(f"{path}:{exc.lineno}: revision script has a syntax error: {exc.msg}; fix the file") from None
+        raise GraphError(f"{_short(path, folder)}:{exc.lineno}: revision script has a syntax error: {exc.msg}; fix the file") from None
     values = _literal_assignments(tree)
     if values is None:
-        values = _imported_assignments(path)
+        values = _imported_assignments(path, folder)
+    where = _short(path, folder)
     if not isinstance(values.get("revision"), str) or not values["revision"]:
-        raise GraphError(f"{path}: no 'revision = \"...\"' assignment; every file in a version folder must be a revision script")
+        raise GraphError(f"{where}: no 'revision = \"...\"' assignment; every file in a version folder must be a revision script")
+    refs = {}
+    for name in ("down_revision", "depends_on", "branch_labels"):
+        try:
+            refs[name] = _as_tuple(values.get(name))
+        except TypeError:
+            raise GraphError(f"{where}: {name} must be None, a string or a tuple of strings") from None
     return RevisionFile(
         revision=values["revision"],
-        down_revisions=_as_tuple(values.get("down_revision")),
-        depends_on=_as_tuple(values.get("depends_on")),
-        branch_labels=_as_tuple(values.get("branch_labels")),
+        down_revisions=refs["down_revision"],
+        depends_on=refs["depends_on"],
+        branch_labels=refs["branch_labels"],
         message=_message(tree),
         path=path,
         folder=folder,
@@ -103,18 +110,24 @@ def _literal_assignments(tree: ast.Module) -> dict[str, Any] | None:
         if isinstance(target, ast.Name) and target.id in _FIELDS:
             try:
                 values[target.id] = ast.literal_eval(value)
-            except ValueError:
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
                 return None
     return values
 
 
-def _imported_assignments(path: Path) -> dict[str, Any]:
+def _imported_assignments(path: Path, folder: Path) -> dict[str, Any]:
     """Import the script the way Alembic does and read its identifiers."""
     try:
         module = load_python_file(str(path.parent), path.name)
     except Exception as exc:
-        raise GraphError(f"{path}: cannot import revision script: {exc.__class__.__name__}: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise GraphError(f"{_short(path, folder)}: cannot import revision script: {exc.__class__.__name__}: {detail}") from None
     return {name: getattr(module, name, None) for name in _FIELDS}
+
+
+def _short(path: Path, folder: Path) -> str:
+    """Return ``folder/name`` for messages (the folder as the registry names it, not the whole path)."""
+    return str(path.relative_to(folder.parent))
 
 
 def _message(tree: ast.Module) -> str:
@@ -129,4 +142,6 @@ def _as_tuple(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         return (value,)
-    return tuple(str(v) for v in value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError(value)
+    return tuple(value)

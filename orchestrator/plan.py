@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
+from alembic.script.revision import ResolutionError, RevisionError
 from alembic.util import CommandError
 
-from orchestrator.errors import RevisionNotFound
+from orchestrator.errors import GraphError, RevisionNotFound
 from orchestrator.graph import EnvironmentGraph
 
 UP, DOWN, STAMP = "up", "down", "stamp"
@@ -60,6 +61,7 @@ class Plan:
 def build_plan(env: str, command: str, target: str | tuple[str, ...], heads: tuple[str, ...], script: ScriptDirectory,
                graph: EnvironmentGraph) -> Plan:
     """Return the plan for ``command`` to ``target`` from ``heads``."""
+    check_heads(env, heads, graph)
     try:
         if command == "upgrade":
             revs = list(reversed(list(script.iterate_revisions(target, heads, implicit_base=True))))
@@ -73,7 +75,7 @@ def build_plan(env: str, command: str, target: str | tuple[str, ...], heads: tup
         else:
             raise ValueError(command)
     except (RevisionError, CommandError) as exc:
-        raise unknown_revision(env, target, exc, graph) from None
+        raise unusable_target(env, command, target, heads, exc, script, graph) from None
     text = target if isinstance(target, str) else " ".join(target)
     return Plan(env=env, command=command, target=text, heads_before=tuple(sorted(heads)), steps=steps,
                 fingerprint=fingerprint(env, command, text, heads, steps))
@@ -86,7 +88,7 @@ def _step(script: Any, direction: str, graph: EnvironmentGraph) -> Step:
         revision=script.revision,
         down_revisions=found.down_revisions if found else _as_tuple(script.down_revision),
         direction=direction,
-        path=str(found.path) if found else script.path,
+        path=found.display_path(graph.root) if found else script.path,
         sha256=found.sha256 if found else "",
         message=found.message if found else (script.doc or ""),
     )
@@ -108,10 +110,68 @@ def fingerprint(env: str, command: str, target: str, heads: tuple[str, ...], ste
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def check_heads(env: str, heads: tuple[str, ...], graph: EnvironmentGraph) -> None:
+    """Refuse a database whose version table names a revision the environment cannot see."""
+    for head in heads:
+        if head in graph.revisions:
+            continue
+        elsewhere = graph.others.get(head)
+        where = (f"it is only in {elsewhere.folder.name}/, which '{env}' does not list" if elsewhere
+                 else "no version folder holds it")
+        raise GraphError(
+            f"environment '{env}': the database is at revision {head}, but {where}; "
+            "check that the URL points at the right database, or restore the missing script",
+            env=env, revision=head)
+
+
+def check_target(env: str, target: str | tuple[str, ...], script: ScriptDirectory, graph: EnvironmentGraph) -> None:
+    """Refuse a target naming no revision, before any connection is made (relative targets pass)."""
+    names = (target,) if isinstance(target, str) else target
+    if any(_RELATIVE.search(n) for n in names):
+        return
+    try:
+        script.revision_map.get_revisions(target)
+    except (RevisionError, CommandError) as exc:
+        raise unusable_target(env, "upgrade", target, None, exc, script, graph) from None
+
+
+_RELATIVE = re.compile(r"(^|@)[+-]\d+$|^(base|heads?)$")
+
+
+def unusable_target(env: str, command: str, target: str | tuple[str, ...], heads: tuple[str, ...] | None,
+                    exc: Exception, script: ScriptDirectory, graph: EnvironmentGraph) -> RevisionNotFound:
+    """Explain why ``target`` cannot be reached: unseen here, wrong direction, or unknown."""
+    text = target if isinstance(target, str) else " ".join(target)
+    for name in text.split():
+        if name not in graph.revisions and name in graph.others:
+            folder = graph.others[name].folder.name
+            return RevisionNotFound(
+                f"environment '{env}': revision {name} is only in {folder}/, which '{env}' does not list; "
+                f"promote it into a folder '{env}' lists first", env=env, revision=name)
+    if heads is not None and command in ("upgrade", "downgrade"):
+        try:
+            script.get_revisions(target)
+        except (RevisionError, CommandError):
+            pass
+        else:
+            at = ", ".join(heads) or "base"
+            if command == "downgrade":
+                return RevisionNotFound(
+                    f"environment '{env}': cannot downgrade to {text}: it is not below the current heads ({at}); "
+                    f"use `orchestrator upgrade {text}` to go forward", env=env, revision=text)
+            return RevisionNotFound(
+                f"environment '{env}': cannot upgrade to {text}: it is not above the current heads ({at}); "
+                f"use `orchestrator downgrade {text}` to go back", env=env, revision=text)
+    return unknown_revision(env, text, exc, graph)
+
+
 def unknown_revision(env: str, target: str | tuple[str, ...], exc: Exception, graph: EnvironmentGraph) -> RevisionNotFound:
     """Explain why ``target`` is not a usable revision for ``env``."""
-    detail = " ".join(str(exc).split())
     target = target if isinstance(target, str) else " ".join(target)
+    if isinstance(exc, ResolutionError):
+        return RevisionNotFound(f"environment '{env}': unknown revision '{target}'; "
+                                f"see `orchestrator history --env {env}` for the revisions it sees", env=env, revision=target)
+    detail = " ".join(str(exc).split())
     return RevisionNotFound(
         f"environment '{env}': cannot resolve revision '{target}': {detail}; "
         f"see `orchestrator history --env {env}` for the revisions it sees",

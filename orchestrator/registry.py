@@ -106,9 +106,16 @@ class Environment:
     def url(self, environ: Mapping[str, str] | None = None) -> URL:
         """Return the database URL, interpolated and with relative SQLite paths made absolute."""
         text = interpolate(self.url_template, os.environ if environ is None else environ, where=f"environment '{self.name}': url")
+        authority = text.partition("://")[2].partition("/")[0]
+        if authority.count("@") > 1:
+            # a raw '@' in a password would split it: part of it would print as the host
+            raise ConfigError(
+                f"environment '{self.name}': url has more than one '@' before the host; "
+                "percent-encode '@' in the user name or password as %40")
         try:
             url = make_url(text)
-        except ArgumentError as exc:
+            url.port  # a non-numeric port fails here
+        except (ArgumentError, ValueError) as exc:
             masked = _mask_unparsed(text)
             raise ConfigError(
                 f"environment '{self.name}': url {masked!r} is not a database URL; "
@@ -223,9 +230,12 @@ def _parse_yaml(text: str, label: str) -> tuple[Any, dict[tuple[Any, ...], int]]
     """Parse YAML safely and index each key path to its line number."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_duplicate_keys(node, (), label)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark is not None and mark is not None and mark.index >= len(text.rstrip()):
+            mark = exc.context_mark  # an unclosed quote or bracket: where it opened, not the end of the file
         line = mark.line + 1 if mark else None
         problem = " ".join(str(exc.problem or exc.context or "invalid YAML").split())
         raise RegistryError(f"invalid YAML: {problem}", file=label, line=line) from None
@@ -236,6 +246,23 @@ def _parse_yaml(text: str, label: str) -> tuple[Any, dict[tuple[Any, ...], int]]
     lines: dict[tuple[Any, ...], int] = {}
     _index_lines(node, (), lines)
     return data, lines
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, path: tuple[Any, ...], label: str) -> None:
+    """Refuse a mapping that defines the same key twice (YAML would keep the last silently)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key, value in node.value:
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                field_name = ".".join(str(p) for p in path + (key.value,))
+                raise RegistryError(f"defined twice (first at line {seen[key.value]}); keep one",
+                                    file=label, line=line, field=field_name)
+            seen[key.value] = line
+            _refuse_duplicate_keys(value, path + (key.value,), label)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path + (i,), label)
 
 
 def _index_lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
@@ -250,6 +277,17 @@ def _index_lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _index_lines(item, path + (i,), out)
+
+
+_PLAIN_MESSAGES = {
+    "tuple_type": "input should be a valid list",
+    "list_type": "input should be a valid list",
+    "dict_type": "input should be a mapping",
+    "model_type": "input should be a mapping",
+    "string_type": "input should be a string",
+    "bool_type": "input should be true or false",
+    "bool_parsing": "input should be true or false",
+}
 
 
 def _registry_error(exc: ValidationError, lines: dict[tuple[Any, ...], int], label: str) -> RegistryError:
@@ -269,6 +307,14 @@ def _registry_error(exc: ValidationError, lines: dict[tuple[Any, ...], int], lab
         message = "required key is missing"
     elif kind == "literal_error" and loc == ("version",):
         message = "unsupported registry version; expected 1"
+    elif kind in _PLAIN_MESSAGES:
+        message = _PLAIN_MESSAGES[kind]
+    elif kind == "too_short" and loc and loc[-1] == "version_locations":
+        message = "at least one version folder is required"
+    elif kind == "too_short":
+        message = "must not be empty"
+    elif kind == "value_error":
+        message = str(err.get("ctx", {}).get("error") or err["msg"].removeprefix("Value error, "))
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
     more = len(exc.errors()) - 1
@@ -300,8 +346,11 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
                 raise fail(f"version folder {sec.version_locations[i]!r} does not exist ({folder})", "environments", name, "version_locations", i)
             if not os.access(folder, os.R_OK | os.X_OK):
                 raise fail(f"version folder {sec.version_locations[i]!r} is not readable ({folder})", "environments", name, "version_locations", i)
-        if len(set(folders)) != len(folders):
-            raise fail("a version folder is listed twice", "environments", name, "version_locations")
+        for i, folder in enumerate(folders):
+            if folder in folders[:i]:
+                first = sec.version_locations[folders.index(folder)]
+                raise fail(f"version folder {sec.version_locations[i]!r} is listed twice (already as {first!r})",
+                           "environments", name, "version_locations", i)
         authoring = _abs(root, sec.authoring_location) if sec.authoring_location else folders[-1]
         if authoring not in folders:
             raise fail("the authoring folder must be one of the environment's version_locations", "environments", name, "authoring_location")
