@@ -51,6 +51,7 @@ class State:
 
 
 OUT, ERR = consoles()
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 _RELATIVE = re.compile(r"[+-]\d+")
 
 
@@ -104,6 +105,8 @@ def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
             fn(state, **kwargs)
         except OrchestratorError as exc:
             fail(state, str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail(state, "interrupted", EXIT_INTERRUPTED)
         except click.exceptions.Exit:
             raise
         except click.ClickException:
@@ -148,6 +151,7 @@ def cli(click_ctx: click.Context, registry_path: str | None, env: str | None, as
         handler = logging.StreamHandler(ERR.file)
         handler.addFilter(RedactingFilter())
         logging.basicConfig(level=logging.INFO, handlers=[handler])
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)
 
 
 def progress(state: State, env: str) -> Callable[[Any], None] | None:
@@ -442,4 +446,4 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="orchestrator")
     except KeyboardInterrupt:
         ERR.file.write("error: interrupted\n")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)

@@ -23,7 +23,7 @@ from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
-from orchestrator.registry import Registry
+from orchestrator.registry import Registry, has_secret
 
 StepCallback = Callable[[StepRecord], None] | None
 
@@ -315,7 +315,7 @@ def ini(ctx: EnvContext, output: str | None = None) -> str:
     ]
     for key, value in options.items():
         lines.append(f"{key} = {value}")
-    if url.password is None:
+    if not has_secret(url):
         lines.append(f"sqlalchemy.url = {url.render_as_string(hide_password=False).replace('%', '%%')}")
     text = "\n".join(lines) + "\n"
     if output:

@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from orchestrator.errors import ConfigError, DatabaseError
 from orchestrator.redact import redact
+from orchestrator.registry import mask_url
 
 T = TypeVar("T")
 
@@ -138,7 +139,7 @@ class _connect_errors:
             return False
         if isinstance(exc, (DBAPIError, OSError)):
             raise DatabaseError(
-                f"environment '{self.env}': cannot connect to {self.url.render_as_string(hide_password=True)}: "
+                f"environment '{self.env}': cannot connect to {mask_url(self.url)}: "
                 f"{first_line(exc)}; check that the server is up and the URL is right",
                 env=self.env,
             ) from None

@@ -95,21 +95,21 @@ def run_locked(conn: Connection, ctx: EnvContext, command: str, target: Target,
     acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
     try:
         return _apply(conn, ctx, command, target, invoke, forced_reason=forced_reason, force=force,
-                      on_step=on_step, gate=gate)
+                      on_step=on_step, gate=gate, abandon=lock.abandon)
     finally:
         _release(lock, conn)
 
 
 def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
            invoke: Callable[[Connection, Recorder], None], *, forced_reason: str | None, force: bool,
-           on_step: Callable[[StepRecord], None] | None, gate: Gate) -> RunResult:
+           on_step: Callable[[StepRecord], None] | None, gate: Gate, abandon: Callable[[], None]) -> RunResult:
     """Plan, gate, run and record, with the lock held."""
     recorder = Recorder(conn, ctx.name, ctx.env.version_table_schema, on_step=on_step)
-    recorder.ensure_tables()
-    recorder.mark_interrupted()
-    conn.commit()
     heads = current_heads(conn, ctx)
     plan = build_plan(ctx.name, command, target, heads, ctx.script, ctx.graph)
+    recorder.ensure_tables()
+    recorder.mark_interrupted(heads)
+    conn.commit()
     if plan.empty:
         return RunResult(ctx.name, command, plan.target, NOTHING, plan, heads)
     reasons = gate(plan, ctx, conn, force=force, reason=forced_reason)
@@ -125,6 +125,8 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
         with selected_env(ctx.name):
             invoke(conn, recorder)
     except BaseException as exc:
+        if not isinstance(exc, Exception):
+            abandon()  # stop a statement the server would otherwise run on after we are gone
         raise _record_failure(conn, ctx, plan, recorder, exc) from exc
     heads_after = current_heads(conn, ctx)
     recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)

@@ -30,6 +30,9 @@ class Lock(Protocol):
 
     def release(self) -> None: ...
 
+    def abandon(self) -> None:
+        """Give the lock up at once when the runner is interrupted mid-statement."""
+
 
 def _key(name: str) -> int:
     """Return a stable signed 64-bit key for an advisory lock name."""
@@ -52,6 +55,10 @@ class PostgresLock:
         self.conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _key(self.name)})
         self.conn.commit()
 
+    def abandon(self) -> None:
+        # psycopg cancels the running statement on KeyboardInterrupt; the session then closes
+        return None
+
 
 @dataclass
 class MySQLLock:
@@ -59,18 +66,31 @@ class MySQLLock:
 
     conn: Connection
     name: str
+    _thread_id: int | None = None
 
     def try_acquire(self) -> bool:
-        # names are limited to 64 characters
         got = self.conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": self._name()}).scalar()
+        if got == 1:
+            self._thread_id = self.conn.execute(text("SELECT CONNECTION_ID()")).scalar()
         self.conn.commit()
         return got == 1
+
+    def abandon(self) -> None:
+        """Kill the holding session: MySQL would finish its statement (and keep the lock) otherwise."""
+        if self._thread_id is None:
+            return
+        try:
+            with self.conn.engine.connect() as other:
+                other.execute(text(f"KILL {int(self._thread_id)}"))
+        except Exception:
+            pass  # already gone
 
     def release(self) -> None:
         self.conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self._name()})
         self.conn.commit()
 
     def _name(self) -> str:
+        # GET_LOCK names are limited to 64 characters
         return "orchestrator." + hashlib.sha256(self.name.encode()).hexdigest()[:40]
 
 
@@ -98,6 +118,9 @@ class FileLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
+    def abandon(self) -> None:
+        return None  # SQLite runs in this process: the interrupt already stopped it
+
 
 class NoLock:
     """For databases only this process can see (in-memory SQLite)."""
@@ -106,6 +129,9 @@ class NoLock:
         return True
 
     def release(self) -> None:
+        return None
+
+    def abandon(self) -> None:
         return None
 
 

@@ -148,12 +148,13 @@ class Recorder:
         runs, steps = history_tables(self.schema)
         runs.metadata.create_all(self.conn, tables=[runs, steps], checkfirst=True)
 
-    def mark_interrupted(self) -> int:
-        """Mark runs left 'running' by a dead runner as interrupted; call only while holding the lock."""
+    def mark_interrupted(self, heads: Iterable[str]) -> int:
+        """Mark runs left 'running' by a dead runner as interrupted at ``heads``; call only while holding the lock."""
         result = self.conn.execute(
             self.runs.update()
             .where(self.runs.c.env == self.env, self.runs.c.status == RUNNING)
-            .values(status=INTERRUPTED, finished_at=utcnow(), error="runner stopped before finishing (process killed or connection lost)")
+            .values(status=INTERRUPTED, finished_at=utcnow(), heads_after=join_ids(heads),
+                    error="runner stopped before finishing (process killed or connection lost)")
         )
         return result.rowcount or 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from typing import Callable, TextIO
 from urllib.parse import quote, quote_plus
 
@@ -24,14 +25,25 @@ def register_secret(secret: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with every registered secret replaced by ``***``."""
+    """Return ``text`` with every registered secret replaced by ``***``.
+
+    A secret is masked where it stands as a token of its own (not inside a
+    longer word), so a password such as ``postgres`` masks the password and not
+    the word ``postgresql``.
+    """
     if not _secrets or not text:
         return text
-    # longest first, so a secret containing another is masked whole
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    global _pattern, _pattern_for
+    if _pattern_for != len(_secrets):
+        # longest first, so a secret containing another is masked whole
+        alternatives = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
+        _pattern = re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+        _pattern_for = len(_secrets)
+    return _pattern.sub(MASK, text)
+
+
+_pattern: re.Pattern[str] | None = None
+_pattern_for = -1
 
 
 class RedactingStream(io.TextIOBase):

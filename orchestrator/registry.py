@@ -122,11 +122,15 @@ class Environment:
                 "expected dialect+driver://user:password@host/dbname"
             ) from exc
         register_secret(url.password if isinstance(url.password, str) else None)
+        for key in SECRET_QUERY_KEYS.intersection(url.query):
+            values = url.query[key]
+            for value in (values,) if isinstance(values, str) else values:
+                register_secret(value)
         return _anchor_sqlite(url, self.root)
 
     def masked_url(self, environ: Mapping[str, str] | None = None) -> str:
-        """Return the URL as text with its password hidden."""
-        return self.url(environ).render_as_string(hide_password=True)
+        """Return the URL as text with its password (and password-like query values) hidden."""
+        return mask_url(self.url(environ))
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,22 @@ class Registry:
             for folder in env.version_locations:
                 seen.setdefault(folder, None)
         return tuple(seen)
+
+
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token"})
+
+
+def has_secret(url: URL) -> bool:
+    """Return True when the URL carries a password, in its user part or its query."""
+    return url.password is not None or bool(SECRET_QUERY_KEYS.intersection(url.query))
+
+
+def mask_url(url: URL) -> str:
+    """Return the URL as text with every password hidden."""
+    hidden = {k: "***" for k in SECRET_QUERY_KEYS.intersection(url.query)}
+    if hidden:
+        url = url.update_query_dict(hidden)
+    return url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def interpolate(template: str, environ: Mapping[str, str], *, where: str) -> str:

@@ -242,10 +242,7 @@ def wait_until_free(url: str, timeout: float) -> float | None:
 
 @pytest.mark.parametrize("orchestrator_dialect", [
     "sqlite", "postgresql",
-    pytest.param("mysql", marks=pytest.mark.xfail(
-        reason="on Ctrl-C SQLAlchemy invalidates the pymysql connection without cancelling the statement: the server "
-               "runs the revision's statement to its end and holds GET_LOCK meanwhile, while the run is already "
-               "recorded 'interrupted' (through a new session that does not hold the lock)", strict=True)),
+    "mysql",
 ], indirect=True)
 def test_ctrl_c_records_the_run_as_interrupted_and_frees_the_lock_at_once(single: Project,
                                                                           orchestrator_dialect: str) -> None:
@@ -265,9 +262,6 @@ def test_ctrl_c_records_the_run_as_interrupted_and_frees_the_lock_at_once(single
     assert wait_until_free(url, 2.0) is not None
 
 
-@pytest.mark.xfail(reason="click turns KeyboardInterrupt into Abort (OrchestratorGroup.main: 'error: aborted', exit 1, "
-                          "after a blank line), so cli.main's 'error: interrupted' / exit 130 is never reached",
-                   strict=True)
 @pytest.mark.parametrize("orchestrator_dialect", ["sqlite"], indirect=True)
 def test_ctrl_c_exits_130_with_one_error_line(single: Project, orchestrator_dialect: str) -> None:
     add_slow_revision(single, orchestrator_dialect)
@@ -281,8 +275,6 @@ def test_ctrl_c_exits_130_with_one_error_line(single: Project, orchestrator_dial
     assert "" not in lines
 
 
-@pytest.mark.xfail(reason="recorder.mark_interrupted leaves heads_after NULL, shown as [] (= base) in runs --json, "
-                          "although the next runner knows the heads the dead runner left", strict=True)
 def test_interrupted_run_records_the_heads_the_dead_runner_left(single: Project) -> None:
     url = single.urls["main"]
     assert single.cli("upgrade", PROD_REVISIONS[2]).exit_code == 0
