@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from orchestrator.errors import RegistryError
 
 
-def parse_yaml(text: str, label: str, expected: str = "'version' and 'environments'") -> tuple[Any, dict[tuple[Any, ...], int]]:
+def parse_yaml(text: str, label: str, shape: str = "the registry must be a mapping with 'version' and 'environments'",
+               ) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Parse YAML safely and index each key path to its line number."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -30,7 +31,7 @@ def parse_yaml(text: str, label: str, expected: str = "'version' and 'environmen
     except yaml.YAMLError as exc:
         raise RegistryError(f"invalid YAML: {exc}", file=label) from None
     if not isinstance(data, dict):
-        raise RegistryError(f"the file must be a mapping with {expected}", file=label, line=1)
+        raise RegistryError(shape, file=label, line=1)
     lines: dict[tuple[Any, ...], int] = {}
     _index_lines(node, (), lines)
     return data, lines
