@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from alembic import command as alembic_command
-from sqlalchemy.engine import Connection
 
 from orchestrator.context import EnvContext, alembic_options, contexts, path_for_display, selected_env
 from orchestrator.db import first_line, make_engine, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, OrchestratorError
-from orchestrator.executor import NOTHING, RunResult, current_heads, execute
+from orchestrator.executor import NOTHING, RunResult, execute
+from orchestrator.state import applied_revisions, read_heads
 from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
@@ -46,25 +46,6 @@ def envs(registry: Registry) -> list[dict[str, Any]]:
             "default": env.name == registry.default_env,
         })
     return rows
-
-
-def read_heads(ctx: EnvContext) -> tuple[str, ...]:
-    """Return the environment's current heads without creating anything (a missing SQLite file is empty)."""
-    url = ctx.url
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
-            and not url.database.startswith("file:") and not Path(url.database).exists():
-        return ()
-    return run_with_connection(url, ctx.name, lambda conn: _read_only(conn, lambda: current_heads(conn, ctx)))
-
-
-def _read_only(conn: Connection, fn: Callable[[], Any]) -> Any:
-    """Run a read on ``conn``, turning a database error into one DatabaseError line."""
-    from sqlalchemy.exc import DBAPIError
-
-    try:
-        return fn()
-    except DBAPIError as exc:
-        raise DatabaseError(f"environment '{conn.info.get('env', '?')}': cannot read the version table: {first_line(exc)}") from None
 
 
 def status(registry: Registry, names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -236,22 +217,6 @@ def _jsonable(value: Any) -> Any:
 def _iso(value: Any) -> Any:
     """Return a datetime as ISO-8601 UTC text; anything else unchanged."""
     return value.isoformat() + "Z" if hasattr(value, "isoformat") and hasattr(value, "hour") else value
-
-
-def applied_revisions(ctx: EnvContext, heads: tuple[str, ...]) -> set[str]:
-    """Return every revision applied on an environment at ``heads`` (the heads and their ancestors)."""
-    graph = ctx.all_files
-    labels = {label: f.revision for f in graph.values() for label in f.branch_labels}
-    seen: set[str] = set()
-    stack = list(heads)
-    while stack:
-        ref = stack.pop()
-        rev = ref if ref in graph else labels.get(ref)
-        if rev is None or rev in seen:
-            continue
-        seen.add(rev)
-        stack.extend(graph[rev].down_revisions + graph[rev].depends_on)
-    return seen
 
 
 def promotion_target(registry: Registry, to: str) -> tuple[EnvContext, EnvContext, tuple[str, ...]]:

@@ -57,7 +57,7 @@ def make_engine(url: URL, env: str) -> Any:
         extra = _EXTRAS.get(exc.name or "", None)
         hint = f"pip install 'orchestrator[{extra}]'" if extra else f"pip install {exc.name}"
         raise ConfigError(f"environment '{env}': driver module '{exc.name}' for '{url.drivername}' is not installed; {hint}") from None
-    except ImportError as exc:
+    except ImportError:
         # SQLAlchemy's asyncio layer needs greenlet
         raise ConfigError(f"environment '{env}': '{url.drivername}' needs greenlet: pip install 'orchestrator[async]'") from None
     except ArgumentError as exc:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from alembic import command as alembic_command
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, path_for_display, selected_env
@@ -27,6 +26,7 @@ from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, Orc
 from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
 from orchestrator.plan import Plan, build_plan, check_target
+from orchestrator.state import current_heads
 from orchestrator.recorder import BLOCKED, FAILED, INTERRUPTED, SUCCEEDED, Recorder, StepRecord
 
 NOTHING = "nothing to do"
@@ -56,16 +56,6 @@ class RunResult:
             "steps": [{"seq": s.seq, "revision": s.revision, "direction": s.direction, "status": s.status,
                        "duration_ms": s.duration_ms} for s in self.steps],
         }
-
-
-def current_heads(conn: Connection, ctx: EnvContext) -> tuple[str, ...]:
-    """Return the revisions in the environment's version table (empty before the first run)."""
-    mc = MigrationContext.configure(conn, opts={
-        "version_table": ctx.env.version_table, "version_table_schema": ctx.env.version_table_schema,
-    })
-    heads = tuple(sorted(mc.get_current_heads()))
-    conn.commit()
-    return heads
 
 
 def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
