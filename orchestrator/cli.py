@@ -20,7 +20,7 @@ import click
 from orchestrator import __version__, commands
 from orchestrator.context import EnvContext, contexts
 from orchestrator.db import first_line
-from orchestrator.errors import EXIT_FAILURE, EXIT_USAGE, OrchestratorError
+from orchestrator.errors import EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_REFUSED, EXIT_USAGE, OrchestratorError
 from orchestrator.executor import NOTHING, RunResult
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.output import consoles, ids, inert, print_json, table
@@ -432,6 +432,132 @@ def ini_cmd(state: State, output: str | None) -> None:
         OUT.print(f"{inert(ctx.name)}: wrote {inert(output)}")
     else:
         OUT.file.write(text)
+
+
+# ---------------------------------------------------------------------------- the gate
+
+
+@cli.group("review")
+def review_group() -> None:
+    """The review ledger: approvals bound to each script's sha256."""
+
+
+@review_group.command("approve")
+@click.argument("revision")
+@click.option("--reviewer", required=True, metavar="NAME", help="Who reviewed the script.")
+@click.option("--note", metavar="TEXT", help="Why it is fine.")
+@click.option("--ack", "ack", multiple=True, metavar="RULE", help="Acknowledge a lint rule the script trips (repeatable).")
+@verb
+def review_approve_cmd(state: State, revision: str, reviewer: str, note: str | None, ack: tuple[str, ...]) -> None:
+    """Approve REVISION's current content."""
+    data = commands.review_approve(state.registry(), revision, reviewer, note=note, ack=ack)
+    if state.json:
+        print_json(OUT, data)
+        return
+    OUT.print(f"approved {inert(data['revision'])} ({inert(data['path'])}, sha256 {data['sha256'][:12]}) by {inert(data['reviewer'])}")
+    for f in data["unacknowledged_errors"]:
+        ERR.file.write(f"warning: {inert(f['env'])}: lint error {f['rule']} ({inert(f['message'])}) is not acknowledged; "
+                       f"approve with --ack {f['rule']} if it is intended\n")
+
+
+@review_group.command("revoke")
+@click.argument("revision")
+@verb
+def review_revoke_cmd(state: State, revision: str) -> None:
+    """Remove REVISION's approval."""
+    data = commands.review_revoke(state.registry(), revision)
+    if state.json:
+        print_json(OUT, data)
+    else:
+        OUT.print(f"revoked the approval of {inert(data['revision'])}")
+
+
+@review_group.command("status")
+@click.option("--all", "everything", is_flag=True, help="Every revision the environment sees, not only pending ones.")
+@verb
+def review_status_cmd(state: State, everything: bool) -> None:
+    """Show each pending revision: reviewed, unreviewed or stale, and its lint findings."""
+    data = commands.review_status(state.context(), everything=everything)
+    if state.json:
+        print_json(OUT, data)
+        return
+    if not data["revisions"]:
+        OUT.print(f"{inert(data['env'])}: nothing pending")
+        return
+    OUT.print(table(f"{data['env']}: reviews", ["revision", "state", "reviewer", "lint", "script"], [
+        [r["revision"], r["state"], r["reviewer"] or "-",
+         ", ".join(f"{f['rule']} ({f['severity']}{', acknowledged' if f['acknowledged'] else ''})" for f in r["lint"]) or "-",
+         r["path"]] for r in data["revisions"]]))
+
+
+@review_group.command("check")
+@click.option("--all", "everything", is_flag=True, help="Judge every revision the environment sees (no database needed).")
+@verb
+def review_check_cmd(state: State, everything: bool) -> None:
+    """Exit 3 if anything pending for the environment is unreviewed, stale or has unacknowledged lint errors."""
+    data = commands.review_check(state.context(), everything=everything)
+    if state.json:
+        print_json(OUT, data)
+    elif data["problems"]:
+        for problem in data["problems"]:
+            OUT.print(f"{inert(data['env'])}: {inert(problem)}")
+    else:
+        OUT.print(f"{inert(data['env'])}: {len(data['checked'])} revision(s) checked; all reviewed")
+    if data["problems"]:
+        sys.exit(EXIT_REFUSED)
+
+
+@cli.command("lint")
+@click.argument("revisions", nargs=-1)
+@click.option("--pending", is_flag=True, help="Only the revisions pending on the environment's database.")
+@click.option("--strict", is_flag=True, help="Exit 3 when an error-severity finding is present.")
+@verb
+def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bool) -> None:
+    """Find unsafe operations in the SQL each revision emits (default: every revision the environment sees)."""
+    data = commands.lint(state.context(), revisions, pending=pending)
+    if state.json:
+        print_json(OUT, data)
+    elif not data["findings"]:
+        OUT.print(f"{inert(data['env'])}: {len(data['revisions'])} revision(s) linted on {data['dialect']}; no findings")
+    else:
+        OUT.print(table(f"{data['env']}: lint on {data['dialect']}", ["revision", "rule", "severity", "finding"], [
+            [f["revision"], f["rule"], f["severity"], f["message"]] for f in data["findings"]]))
+    if strict and any(f["severity"] == "error" for f in data["findings"]):
+        sys.exit(EXIT_REFUSED)
+
+
+@cli.command("verify")
+@verb
+def verify_cmd(state: State) -> None:
+    """Check integrity: graphs, applied scripts edited since, unknown revisions in databases, stray heads."""
+    registry = state.registry()
+    data = commands.verify(registry, [state.env] if state.env else None)
+    if state.json:
+        print_json(OUT, data)
+    else:
+        for finding in data["findings"]:
+            OUT.print(inert(finding))
+        if not data["findings"] and not data["unreachable"]:
+            OUT.print("verified: no integrity findings")
+    for problem in data["unreachable"]:
+        ERR.file.write(f"error: {inert(problem)}\n")
+    if data["findings"]:
+        sys.exit(EXIT_DIFFERENCES)
+    if data["unreachable"]:
+        sys.exit(EXIT_FAILURE)
+
+
+@cli.command("release")
+@click.argument("revision")
+@click.option("--to", "to", metavar="FOLDER", help="Destination folder (default: the first folder of the chain's last environment).")
+@verb
+def release_cmd(state: State, revision: str, to: str | None) -> None:
+    """Move a reviewed candidate revision into the promoted folder (e.g. versions_test -> versions_prod)."""
+    data = commands.release(state.registry(), revision, to=to)
+    if state.json:
+        print_json(OUT, data)
+    else:
+        OUT.print(f"released {inert(data['revision'])}: {inert(data['from'])} -> {inert(data['to'])}")
 
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

@@ -9,21 +9,26 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 from alembic import command as alembic_command
 
 from orchestrator.context import EnvContext, alembic_options, contexts, path_for_display, selected_env
-from orchestrator.db import first_line, make_engine, run_with_connection
-from orchestrator.errors import ConfigError, DatabaseError, GateRefused, OrchestratorError
+from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
+from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
 from orchestrator.executor import NOTHING, RunResult, execute
 from orchestrator.state import applied_revisions, read_heads
-from orchestrator.gate import Gate, default_gate
+from orchestrator.gate import Gate, default_gate, lint_findings, review_problems, unacknowledged_errors
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
+from orchestrator.graph import build_environment_graph
+from orchestrator.loader import RevisionFile
+from orchestrator.plan import Step
 from orchestrator.registry import Registry, has_secret
+from orchestrator.reviews import REVIEWED, load_ledger, save_ledger
 
 StepCallback = Callable[[StepRecord], None] | None
 
@@ -286,3 +291,229 @@ def ini(ctx: EnvContext, output: str | None = None) -> str:
     if output:
         Path(output).write_text(text, encoding="utf-8")
     return text
+
+
+# ---------------------------------------------------------------------------- the gate's verbs
+
+
+def _find_revision(ctx: EnvContext, revision: str) -> RevisionFile:
+    """Return the revision file with this id (or unique id prefix) in any folder."""
+    files = ctx.all_files
+    if revision in files:
+        return files[revision]
+    matches = [f for rev, f in files.items() if rev.startswith(revision)] if len(revision) >= 4 else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"revision prefix '{revision}' is ambiguous: {', '.join(sorted(m.revision for m in matches))}")
+    raise RevisionNotFound(f"unknown revision '{revision}': no version folder in {ctx.registry.path} holds it",
+                           revision=revision)
+
+
+def _check_rules(rules: tuple[str, ...]) -> None:
+    """Refuse lint rule ids that do not exist."""
+    from orchestrator.lint import RULES
+
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        raise ConfigError(f"unknown lint rule {', '.join(repr(r) for r in unknown)}; known rules: {', '.join(RULES)}")
+
+
+def review_approve(registry: Registry, revision: str, reviewer: str, *, note: str | None = None,
+                   ack: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Approve the current content of ``revision`` (acknowledging lint rules ``ack``) in the ledger."""
+    if not reviewer.strip():
+        raise ConfigError("--reviewer must name who reviewed the revision")
+    _check_rules(ack)
+    ctx = contexts(registry)[0]
+    found = _find_revision(ctx, revision)
+    ledger = load_ledger(registry.reviews_path).approve(found.revision, found.sha256, reviewer.strip(), note=note,
+                                                        acknowledged=ack)
+    save_ledger(ledger)
+    unacked = []
+    for env_ctx in contexts(registry):
+        if env_ctx.env.protected and found.revision in env_ctx.graph.revisions:
+            step = next(s for s in build_plan(env_ctx.name, "upgrade", found.revision, (), env_ctx.script,
+                                              env_ctx.graph).steps if s.revision == found.revision)
+            unacked += [{"env": env_ctx.name, "rule": f.rule, "message": f.message}
+                        for f in unacknowledged_errors(env_ctx, step, ledger)]
+    return {"revision": found.revision, "sha256": found.sha256, "reviewer": reviewer.strip(), "note": note,
+            "acknowledged": list(ack), "path": path_for_display(found.path, registry.root),
+            "unacknowledged_errors": unacked}
+
+
+def review_revoke(registry: Registry, revision: str) -> dict[str, Any]:
+    """Remove the approval of ``revision`` from the ledger."""
+    found = _find_revision(contexts(registry)[0], revision)
+    save_ledger(load_ledger(registry.reviews_path).revoke(found.revision))
+    return {"revision": found.revision, "revoked": True}
+
+
+def _review_steps(ctx: EnvContext, everything: bool) -> tuple[Step, ...]:
+    """Return the steps to judge: pending ones (from the database), or every visible revision."""
+    heads = () if everything else read_heads(ctx)
+    return build_plan(ctx.name, "upgrade", "heads", heads, ctx.script, ctx.graph).steps
+
+
+def review_status(ctx: EnvContext, *, everything: bool = False) -> dict[str, Any]:
+    """Return each pending revision's review state (reviewed, unreviewed, stale) and lint findings."""
+    ledger = load_ledger(ctx.registry.reviews_path)
+    rows = []
+    for step in _review_steps(ctx, everything):
+        approval = ledger.approvals.get(step.revision)
+        acked = set(approval.acknowledged) if approval and approval.sha256 == step.sha256 else set()
+        rows.append({
+            "revision": step.revision, "path": step.path, "message": step.message, "sha256": step.sha256,
+            "state": ledger.state(step.revision, step.sha256),
+            "reviewer": approval.reviewer if approval else None,
+            "approved_at": approval.approved_at if approval else None,
+            "approved_sha256": approval.sha256 if approval else None,
+            "lint": [{"rule": f.rule, "severity": f.severity, "message": f.message, "acknowledged": f.rule in acked}
+                     for f in lint_findings(ctx, step.revision)],
+        })
+    return {"env": ctx.name, "protected": ctx.env.protected, "revisions": rows}
+
+
+def review_check(ctx: EnvContext, *, everything: bool = False) -> dict[str, Any]:
+    """Return the problems that would make the gate refuse what is pending (the CI check for a pull request)."""
+    ledger = load_ledger(ctx.registry.reviews_path)
+    steps = _review_steps(ctx, everything)
+    return {"env": ctx.name, "checked": [s.revision for s in steps], "problems": review_problems(ctx, steps, ledger)}
+
+
+def lint(ctx: EnvContext, revisions: tuple[str, ...] = (), *, pending: bool = False) -> dict[str, Any]:
+    """Return the lint findings of ``revisions`` (default: every revision the environment sees, in order)."""
+    if revisions:
+        chosen = [_find_revision(ctx, r).revision for r in revisions]
+        unseen = [r for r in chosen if r not in ctx.graph.revisions]
+        if unseen:
+            raise RevisionNotFound(f"environment '{ctx.name}' does not see {', '.join(unseen)}; "
+                                   "pass an --env that lists its folder", env=ctx.name)
+    else:
+        chosen = [s.revision for s in _review_steps(ctx, not pending)]
+    findings = [{"revision": rev, "rule": f.rule, "severity": f.severity, "message": f.message,
+                 "statement": f.statement} for rev in chosen for f in lint_findings(ctx, rev)]
+    return {"env": ctx.name, "dialect": dialect_name(ctx.url), "revisions": chosen, "findings": findings}
+
+
+def verify(registry: Registry, names: list[str] | None = None) -> dict[str, Any]:
+    """Return integrity findings: unusable graphs, unknown or edited applied revisions, unexpected heads."""
+    findings: list[str] = []
+    unreachable: list[str] = []
+    try:
+        envs = contexts(registry, names)
+    except OrchestratorError as exc:
+        return {"findings": [str(exc)], "unreachable": []}
+    for ctx in envs:
+        try:
+            ctx.graph
+        except OrchestratorError as exc:
+            findings.append(str(exc))
+            continue
+        findings += _head_findings(ctx)
+        try:
+            findings += _database_findings(ctx)
+        except DatabaseError as exc:
+            unreachable.append(str(exc))
+    return {"findings": findings, "unreachable": unreachable}
+
+
+def _head_findings(ctx: EnvContext) -> list[str]:
+    """Report several heads on unlabelled branches (a merge is missing)."""
+    labelled = _labelled_revisions(ctx)
+    loose = [h for h in ctx.graph.heads if h not in labelled]
+    if len(loose) > 1:
+        return [f"environment '{ctx.name}': {len(loose)} heads on unlabelled branches ({', '.join(loose)}); "
+                f"merge them (`alembic merge`) or give each branch a label"]
+    return []
+
+
+def _labelled_revisions(ctx: EnvContext) -> set[str]:
+    """Return the revisions on a labelled branch: a labelled revision and everything built on it."""
+    revisions = ctx.graph.revisions
+    labelled = {r for r, f in revisions.items() if f.branch_labels}
+    changed = True
+    while changed:
+        more = {r for r, f in revisions.items() if r not in labelled and set(f.down_revisions) & labelled}
+        labelled |= more
+        changed = bool(more)
+    return labelled
+
+
+def _database_findings(ctx: EnvContext) -> list[str]:
+    """Compare what the database says was applied with the scripts on disk."""
+    from orchestrator.recorder import applied_hashes
+
+    heads = read_heads(ctx)
+    findings = []
+    for head in heads:
+        if head not in ctx.graph.revisions:
+            other = ctx.all_files.get(head)
+            where = f"only in {other.folder.name}/, which '{ctx.name}' does not list" if other else "in no version folder"
+            findings.append(f"environment '{ctx.name}': the database is at revision {head}, which is {where}")
+    if not heads or findings:
+        return findings
+    url = ctx.url
+    recorded = run_with_connection(url, ctx.name, lambda conn: applied_hashes(conn, ctx.name, ctx.env.version_table_schema))
+    for rev in sorted(applied_revisions(ctx, heads)):
+        found, entry = ctx.graph.get(rev), recorded.get(rev)
+        if found is None or entry is None or entry["sha256"] is None or entry["sha256"] == found.sha256:
+            continue
+        when = entry["started_at"].strftime("%Y-%m-%d %H:%M:%S")
+        findings.append(
+            f"environment '{ctx.name}': revision {rev} ({found.display_path(ctx.registry.root)}) changed after it was "
+            f"applied: sha256 {entry['sha256']} when applied (run {entry['run_id'][:12]}, {when} UTC), "
+            f"{found.sha256} on disk")
+    return findings
+
+
+def release(registry: Registry, revision: str, *, to: str | None = None) -> dict[str, Any]:
+    """Move a reviewed candidate into the promoted folder (refused unless fresh and every graph stays closed)."""
+    ctx = contexts(registry)[0]
+    found = _find_revision(ctx, revision)
+    target = _release_folder(registry, to)
+    if found.folder == target:
+        raise ConfigError(f"revision {found.revision} is already in {path_for_display(target, registry.root)}/")
+    state = load_ledger(registry.reviews_path).state(found.revision, found.sha256)
+    if state != REVIEWED:
+        raise GateRefused(
+            f"release: refused: revision {found.revision} ({path_for_display(found.path, registry.root)}) is {state}; "
+            f"run `orchestrator review approve {found.revision} --reviewer NAME` first", revision=found.revision)
+    destination = target / found.path.name
+    moved = dict(ctx.all_files)
+    moved[found.revision] = replace(found, path=destination, folder=target)
+    for env in registry.environments.values():
+        if target in env.version_locations:
+            try:
+                build_environment_graph(env.name, env.version_locations, moved, registry.root)
+            except GraphError as exc:
+                raise GateRefused(f"release: refused: moving {found.revision} would break the graph: {exc}",
+                                  revision=found.revision) from None
+    if destination.exists():
+        raise ConfigError(f"release: {path_for_display(destination, registry.root)} already exists")
+    _move(found.path, destination)
+    return {"revision": found.revision, "from": path_for_display(found.path, registry.root),
+            "to": path_for_display(destination, registry.root)}
+
+
+def _release_folder(registry: Registry, to: str | None) -> Path:
+    """Return the destination folder: ``to``, else the first folder of the end of the promotion chain."""
+    if to is not None:
+        folder = (registry.root / to).resolve()
+        if folder not in registry.all_folders():
+            raise ConfigError(f"release: '{to}' is not a version folder of any environment in {registry.path}")
+        return folder
+    return registry.promotion_chain()[-1].version_locations[0]
+
+
+def _move(source: Path, destination: Path) -> None:
+    """Move a script, through ``git mv`` when the repository tracks it."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", source.name], cwd=source.parent,
+                             capture_output=True, text=True)
+    if tracked.returncode == 0:
+        done = subprocess.run(["git", "mv", str(source), str(destination)], cwd=source.parent, capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+    source.rename(destination)

@@ -69,8 +69,9 @@ class GateRefused(OrchestratorError):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, message: str, *, env: str | None = None, reasons: tuple[str, ...] = ()):
-        super().__init__(message, env=env)
+    def __init__(self, message: str, *, env: str | None = None, revision: str | None = None,
+                 reasons: tuple[str, ...] = ()):
+        super().__init__(message, env=env, revision=revision)
         self.reasons = reasons
 
 

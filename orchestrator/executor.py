@@ -27,6 +27,7 @@ from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
 from orchestrator.plan import Plan, build_plan, check_target
 from orchestrator.state import current_heads
+from orchestrator.reviews import load_ledger
 from orchestrator.recorder import BLOCKED, FAILED, INTERRUPTED, SUCCEEDED, Recorder, StepRecord
 
 NOTHING = "nothing to do"
@@ -108,6 +109,7 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
                            forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
         conn.commit()
         raise GateRefused(_refusal_message(ctx.name, reasons), env=ctx.name, reasons=tuple(reasons))
+    recorder.reviewers = approved_by(ctx, plan)
     recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
                        forced_reason=forced_reason)
     conn.commit()
@@ -122,6 +124,17 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)
     conn.commit()
     return RunResult(ctx.name, command, plan.target, SUCCEEDED, plan, heads_after, recorder.run_id, recorder.steps)
+
+
+def approved_by(ctx: EnvContext, plan: Plan) -> dict[str, str]:
+    """Return the reviewer of each step whose approval matches the script, for the history."""
+    if ctx.registry.reviews_path is None:
+        return {}
+    try:
+        ledger = load_ledger(ctx.registry.reviews_path)
+    except OrchestratorError:
+        return {}  # an unprotected environment runs without a readable ledger; the gate judges protected ones
+    return {s.revision: r for s in plan.steps if (r := ledger.reviewer(s.revision, s.sha256))}
 
 
 def _refusal_message(env: str, reasons: list[str]) -> str:

@@ -131,6 +131,7 @@ class Recorder:
     run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
     on_step: Callable[[StepRecord], None] | None = None
+    reviewers: dict[str, str] = field(default_factory=dict)
     migrations_started: bool = False
     _step_clock: float = 0.0
     _step_started: datetime | None = None
@@ -191,7 +192,8 @@ class Recorder:
         script = info.up_revision if not info.is_stamp else None
         down = tuple(info.down_revision_ids)
         self.record_step(revision=revision, down_revisions=down, direction=direction,
-                         sha256=_script_sha256(script), status=SUCCEEDED, conn=ctx.connection)
+                         sha256=_script_sha256(script), status=SUCCEEDED, conn=ctx.connection,
+                         reviewer=self.reviewers.get(revision))
 
     def record_step(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
                     status: str, error: str | None = None, conn: Connection | None = None,
@@ -286,3 +288,18 @@ def _script_sha256(script: Any) -> str | None:
 def dumps_ids(ids: Iterable[str]) -> str:
     """Return ids as a JSON list (for output)."""
     return json.dumps(sorted(ids))
+
+
+def applied_hashes(conn: Connection, env: str, schema: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return, per revision, the script sha256 of its latest successful upgrade step (with run id and time)."""
+    runs, steps = history_tables(schema)
+    if not sa.inspect(conn).has_table(STEPS_TABLE, schema=schema):
+        return {}
+    query = (sa.select(steps.c.revision, steps.c.script_sha256, steps.c.run_id, steps.c.started_at)
+             .join(runs, runs.c.run_id == steps.c.run_id)
+             .where(runs.c.env == env, steps.c.direction == "up", steps.c.status == SUCCEEDED)
+             .order_by(steps.c.started_at))
+    latest: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(query).mappings():
+        latest[row["revision"]] = {"sha256": row["script_sha256"], "run_id": row["run_id"], "started_at": row["started_at"]}
+    return latest

@@ -41,6 +41,7 @@ class _Options(BaseModel):
     transaction_per_migration: bool | None = None
     file_template: str | None = None
     autogenerate_plugins: tuple[str, ...] | None = None
+    lint: dict[str, Literal["error", "warning", "off"]] | None = None
 
 
 class ProjectSection(_Options):
@@ -99,6 +100,7 @@ class Environment:
     transaction_per_migration: bool
     file_template: str | None
     autogenerate_plugins: tuple[str, ...]
+    lint: dict[str, str]
     target_metadata: str | None
     exclude_tables: tuple[str, ...]
     root: Path
@@ -278,6 +280,9 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
         if authoring not in folders:
             raise fail("the authoring folder must be one of the environment's version_locations", "environments", name, "authoring_location")
 
+        for loc, overrides in ((("project", "lint"), project.lint), (("environments", name, "lint"), sec.lint)):
+            _check_lint_rules(overrides, loc, fail)
+
         def opt(key: str, default: Any) -> Any:
             value = getattr(sec, key)
             if value is None:
@@ -299,6 +304,7 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
             transaction_per_migration=opt("transaction_per_migration", True),
             file_template=opt("file_template", None),
             autogenerate_plugins=tuple(opt("autogenerate_plugins", ())),
+            lint={**(project.lint or {}), **(sec.lint or {})},
             target_metadata=project.target_metadata,
             exclude_tables=project.exclude_tables,
             root=root,
@@ -313,6 +319,17 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
         target_metadata=project.target_metadata,
         exclude_tables=project.exclude_tables,
     )
+
+
+def _check_lint_rules(overrides: dict[str, str] | None, loc: tuple[Any, ...], fail: Any) -> None:
+    """Refuse a lint severity for a rule that does not exist."""
+    if not overrides:
+        return
+    from orchestrator.lint import RULES
+
+    for rule in overrides:
+        if rule not in RULES:
+            raise fail(f"unknown lint rule '{rule}'; known rules: {', '.join(RULES)}", *loc, rule)
 
 
 def _check_promotion_cycles(envs: dict[str, Environment], fail: Any) -> None:

@@ -132,9 +132,12 @@ def make_project(root: Path, urls: dict[str, str], *, folders: dict[str, list[st
         if name in protected:
             env["protected"] = True
         environments[name] = env
-    data = {"version": 1, "project": {"root": "..", **(project or {})}, "default_env": next(iter(urls)),
+    data = {"version": 1, "project": {"root": "..", "reviews": "envs/reviews.yaml", **(project or {})},
+            "default_env": next(iter(urls)),
             "environments": environments}
     (root / "envs").mkdir(exist_ok=True)
+    if copy_demo:
+        shutil.copy(REPO / "envs" / "reviews.yaml", root / "envs" / "reviews.yaml")
     registry_path = root / "envs" / "registry.yaml"
     registry_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return Project(root=root, urls=urls, registry_path=registry_path)

@@ -250,13 +250,18 @@ def test_unreachable_server_as_a_user_runs_it(unreachable: Project) -> None:
 # ---------------------------------------------------------------------------- usage
 
 
-VERBS = sorted(orchestrator_cli.commands)
+VERBS = sorted(
+    f"{name} {sub}" if sub else name
+    for name, command in orchestrator_cli.commands.items()
+    for sub in (sorted(getattr(command, "commands", {})) or [""])
+)
 
 
 def test_every_documented_verb_exists() -> None:
     documented = {"envs", "status", "plan", "upgrade", "downgrade", "stamp", "current", "heads", "history",
                   "revision", "runs", "promote", "rollout", "ini"}
-    assert documented <= set(VERBS)
+    assert documented | {"review approve", "review revoke", "review status", "review check", "lint", "verify",
+                         "release"} <= set(VERBS)
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -265,7 +270,8 @@ def test_help_for_every_verb(verb: str) -> None:
     from click.testing import CliRunner
 
     for flag in ("--help", "-h"):
-        result = CliRunner().invoke(orchestrator_cli, [verb, flag], prog_name="orchestrator", catch_exceptions=False)
+        result = CliRunner().invoke(orchestrator_cli, [*verb.split(), flag], prog_name="orchestrator",
+                                    catch_exceptions=False)
         assert (result.exit_code, result.stderr) == (EXIT_OK, ""), result.output
         assert result.stdout.startswith(f"Usage: orchestrator {verb} "), result.stdout
         assert "--env NAME" in result.stdout and "--json" in result.stdout
@@ -276,7 +282,7 @@ def test_top_level_help_lists_every_verb_and_the_exit_codes() -> None:
 
     result = CliRunner().invoke(orchestrator_cli, ["--help"], prog_name="orchestrator", catch_exceptions=False)
     assert result.exit_code == EXIT_OK
-    assert all(re.search(rf"^\s+{re.escape(v)}\b", result.stdout, re.M) for v in VERBS), result.stdout
+    assert all(re.search(rf"^\s+{re.escape(v.split()[0])}\b", result.stdout, re.M) for v in VERBS), result.stdout
     assert "Exit codes: 0 done (or nothing to do), 1 database or migration failure," in result.stdout
 
 

@@ -319,7 +319,8 @@ def test_prod_plan_never_contains_a_test_revision_even_on_an_empty_database(demo
     dev = demo.json("--env", "dev", "plan")
     assert {s["revision"] for s in dev["steps"]} == ALL_DEMO
 
-    # and prod's upgrade applies exactly the prod revisions
+    # and prod's upgrade applies exactly the prod revisions (once staging, its promote_from, has them)
+    assert demo.cli("-q", "--env", "staging", "upgrade").exit_code == 0
     up = demo.cli("--env", "prod", "--json", "upgrade")
     assert up.exit_code == 0, up.output
     assert [s["revision"] for s in json.loads(up.stdout)["steps"]] == list(PROD_REVISIONS)
