@@ -43,6 +43,14 @@ class _Options(BaseModel):
     autogenerate_plugins: tuple[str, ...] | None = None
     lint: dict[str, Literal["error", "warning", "off"]] | None = None
 
+    @field_validator("lint", mode="before")
+    @classmethod
+    def _unquoted_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false
+        if isinstance(value, dict):
+            return {k: "off" if v is False else v for k, v in value.items()}
+        return value
+
 
 class ProjectSection(_Options):
     """The ``project:`` section."""
