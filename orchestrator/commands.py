@@ -20,7 +20,7 @@ from orchestrator.db import dialect_name, first_line, make_engine, run_with_conn
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
 from orchestrator.executor import NOTHING, RunResult, execute
 from orchestrator.state import applied_revisions, read_heads
-from orchestrator.gate import Gate, default_gate, lint_findings, review_problems, unacknowledged_errors
+from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, review_problems, unacknowledged_errors
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
@@ -59,7 +59,7 @@ def status(registry: Registry, names: list[str] | None = None) -> list[dict[str,
     for ctx in contexts(registry, names):
         row: dict[str, Any] = {"env": ctx.name, "protected": ctx.env.protected, "current_heads": [],
                                "target_heads": [], "pending": None, "pending_revisions": [], "last_run": None,
-                               "state": "unknown", "error": None}
+                               "state": "unknown", "error": None, "gate": None}
         try:
             row["target_heads"] = sorted(ctx.graph.heads)
             heads = read_heads(ctx)
@@ -69,6 +69,10 @@ def status(registry: Registry, names: list[str] | None = None) -> list[dict[str,
             row["pending_revisions"] = [s.revision for s in plan.steps]
             row["last_run"] = _last_run_summary(ctx)
             row["state"] = "at heads" if plan.empty else "pending"
+            if ctx.env.protected:
+                row["gate"] = review_gate(plan, ctx)
+                if row["gate"]:
+                    row["state"] = "pending; gate would refuse"
             if row["last_run"] and row["last_run"]["status"] in ("failed", "interrupted"):
                 row["state"] = f"last run {row['last_run']['status']}"
         except OrchestratorError as exc:
