@@ -18,7 +18,7 @@ from alembic import command as alembic_command
 from orchestrator.context import EnvContext, alembic_options, contexts, path_for_display, selected_env
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
-from orchestrator.executor import NOTHING, RunResult, execute
+from orchestrator.executor import NOTHING, RunResult, execute, record_refusal
 from orchestrator.state import applied_revisions, read_heads
 from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, review_problems, unacknowledged_errors
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
@@ -228,37 +228,39 @@ def _iso(value: Any) -> Any:
     return value.isoformat() + "Z" if hasattr(value, "isoformat") and hasattr(value, "hour") else value
 
 
-def promotion_target(registry: Registry, to: str) -> tuple[EnvContext, EnvContext, tuple[str, ...]]:
-    """Return (source, target, heads to reach): what the source has applied that the target sees."""
+def promotion_target(registry: Registry, to: str) -> tuple[EnvContext, EnvContext, tuple[str, ...], list[str]]:
+    """Return (source, target, heads to reach, revisions the target has that the source has not)."""
     target, = contexts(registry, [to])
     if target.env.promote_from is None:
         raise ConfigError(f"environment '{to}' has no promote_from in {registry.path}; use `upgrade --env {to}` instead")
     source = EnvContext(registry, registry.env(target.env.promote_from), target.all_files)
     try:
-        source_heads = read_heads(source)
+        source_heads = read_heads(source, must_exist=True)
     except OrchestratorError as exc:
         raise DatabaseError(f"cannot promote to '{to}': its source environment '{source.name}' is unreachable: {exc}",
                             env=to) from None
-    wanted = applied_revisions(source, source_heads) & set(target.graph.revisions)
-    have = applied_revisions(target, read_heads(target))
-    ahead = sorted(have - applied_revisions(source, source_heads))
-    if ahead:
-        raise GateRefused(
-            f"{to}: refused: it has revisions its source '{source.name}' has not applied: {', '.join(ahead)}; "
-            f"promote never downgrades: apply them to '{source.name}' first or downgrade '{to}' explicitly", env=to)
+    applied = applied_revisions(source, source_heads)
+    wanted = applied & set(target.graph.revisions)
+    ahead = sorted(applied_revisions(target, read_heads(target)) - applied)
     referenced = {d for r in wanted for d in target.graph.revisions[r].down_revisions}
-    return source, target, tuple(sorted(wanted - referenced))
+    return source, target, tuple(sorted(wanted - referenced)), ahead
 
 
 def promote(registry: Registry, to: str, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_step: StepCallback = None,
             gate: Gate = default_gate) -> RunResult:
     """Apply to ``to`` exactly the revisions its ``promote_from`` environment has applied."""
-    source, target, goal = promotion_target(registry, to)
+    source, target, goal, ahead = promotion_target(registry, to)
+    if ahead:
+        record_refusal(target, "upgrade", "promote", [
+            f"it has revisions its source '{source.name}' has not applied: {', '.join(ahead)}; "
+            f"promote never downgrades: apply them to '{source.name}' first or downgrade '{to}' explicitly"],
+            lock_timeout=lock_timeout)
     if not goal:
         heads = read_heads(target)
         empty = build_plan(to, "upgrade", "heads", heads, target.script, target.graph)
         return RunResult(to, "promote", "", NOTHING, Plan(to, "upgrade", "", heads, (), empty.fingerprint), heads)
-    return execute(target, "upgrade", goal[0] if len(goal) == 1 else goal, lock_timeout=lock_timeout, on_step=on_step, gate=gate)
+    return execute(target, "upgrade", goal[0] if len(goal) == 1 else goal, lock_timeout=lock_timeout,
+                   on_step=on_step, gate=gate)
 
 
 def rollout(registry: Registry, to: str | None = None, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,

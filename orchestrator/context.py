@@ -41,6 +41,12 @@ class EnvContext:
     def name(self) -> str:
         return self.env.name
 
+    def reload(self) -> None:
+        """Forget what was read from the folders, so the next use reads them again."""
+        for cached in ("all_files", "graph", "script"):
+            self.__dict__.pop(cached, None)
+        self._all_files = None
+
     @cached_property
     def url(self) -> URL:
         """Return the resolved database URL."""

@@ -56,7 +56,7 @@ def run_migrations(context: Any = None, *, target_metadata: Any = None, lock_tim
     try:
         _run_guarded(context, registry, env, connection, opts, lock_timeout)
     except OrchestratorError as exc:
-        # stock alembic reports CommandError as one line and exits 1
+        # stock alembic reports CommandError as one 'FAILED:' line (and exits 255)
         raise CommandError(str(exc)) from exc
 
 

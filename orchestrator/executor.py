@@ -84,6 +84,7 @@ def run_locked(conn: Connection, ctx: EnvContext, command: str, target: Target,
     schema = ctx.env.version_table_schema
     lock = lock_for(conn, ctx.url, f"{schema or ''}.{ctx.env.version_table}")
     acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
+    ctx.reload()  # judge the scripts as they are now that no one else runs, not as they were before the wait
     try:
         return _apply(conn, ctx, command, target, invoke, forced_reason=forced_reason, force=force,
                       on_step=on_step, gate=gate, abandon=lock.abandon)
@@ -103,13 +104,12 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     conn.commit()
     if plan.empty:
         return RunResult(ctx.name, command, plan.target, NOTHING, plan, heads)
+    forced_reason = forced_reason if force else None
     reasons = gate(plan, ctx, conn, force=force, reason=forced_reason)
     if reasons:
-        recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
-                           forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
-        conn.commit()
-        raise GateRefused(_refusal_message(ctx.name, reasons), env=ctx.name, reasons=tuple(reasons))
+        refuse(recorder, command, plan.target, heads, reasons, fingerprint=plan.fingerprint, forced_reason=forced_reason)
     recorder.reviewers = approved_by(ctx, plan)
+    recorder.expected = {s.revision: s.sha256 for s in plan.steps if s.sha256}
     recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
                        forced_reason=forced_reason)
     conn.commit()
@@ -124,6 +124,32 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)
     conn.commit()
     return RunResult(ctx.name, command, plan.target, SUCCEEDED, plan, heads_after, recorder.run_id, recorder.steps)
+
+
+def refuse(recorder: Recorder, command: str, target: str, heads: tuple[str, ...], reasons: list[str], *,
+           fingerprint: str | None = None, forced_reason: str | None = None) -> None:
+    """Record a blocked run and raise the refusal that lists every reason."""
+    recorder.ensure_tables()
+    recorder.start_run(command=command, target=target, heads_before=heads, fingerprint=fingerprint,
+                       forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
+    recorder.conn.commit()
+    raise GateRefused(_refusal_message(recorder.env, reasons), env=recorder.env, reasons=tuple(reasons))
+
+
+def record_refusal(ctx: EnvContext, command: str, target: str, reasons: list[str], *,
+                   lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    """Record a refusal decided outside a plan (e.g. promote going backwards) as a blocked run, and raise it."""
+
+    def work(conn: Connection) -> None:
+        schema = ctx.env.version_table_schema
+        lock = lock_for(conn, ctx.url, f"{schema or ''}.{ctx.env.version_table}")
+        acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
+        try:
+            refuse(Recorder(conn, ctx.name, schema), command, target, current_heads(conn, ctx), reasons)
+        finally:
+            _release(lock, conn)
+
+    run_with_connection(ctx.url, ctx.name, work)
 
 
 def approved_by(ctx: EnvContext, plan: Plan) -> dict[str, str]:

@@ -101,7 +101,7 @@ def promotion_problems(ctx: "EnvContext", steps: Iterable["Step"]) -> list[str]:
         return []
     source = EnvContext(ctx.registry, ctx.registry.env(source_name), ctx.all_files)
     try:
-        applied = applied_revisions(source, read_heads(source))
+        applied = applied_revisions(source, read_heads(source, must_exist=True))
     except OrchestratorError as exc:
         return [f"cannot read '{source_name}' (promote_from) to check the promotion order: {exc}"]
     missing = [s.revision for s in steps if s.revision not in applied]

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
+from orchestrator.errors import MigrationFailed
 from orchestrator.redact import redact
 
 RUNS_TABLE = "orchestrator_runs"
@@ -105,6 +106,10 @@ def split_ids(text: str | None) -> list[str]:
     return text.split() if text else []
 
 
+class ScriptChanged(MigrationFailed):
+    """Raised when a script's content differs from what was planned and judged for this run."""
+
+
 @dataclass
 class StepRecord:
     """One step as recorded (or about to be)."""
@@ -132,6 +137,7 @@ class Recorder:
     steps: list[StepRecord] = field(default_factory=list)
     on_step: Callable[[StepRecord], None] | None = None
     reviewers: dict[str, str] = field(default_factory=dict)
+    expected: dict[str, str] = field(default_factory=dict)  # sha256 of each step as the gate judged it
     migrations_started: bool = False
     _step_clock: float = 0.0
     _step_started: datetime | None = None
@@ -161,12 +167,14 @@ class Recorder:
 
     def start_run(self, *, command: str, target: str | None, heads_before: Iterable[str], fingerprint: str | None,
                   forced_reason: str | None = None, status: str = RUNNING, error: str | None = None) -> str:
-        """Insert a run row and return its id."""
+        """Insert a run row and return its id (a run refused outright is finished at once, heads unchanged)."""
         self.run_id = uuid.uuid4().hex
         now = utcnow()
+        heads_before = join_ids(heads_before)
         self.conn.execute(self.runs.insert().values(
             run_id=self.run_id, env=self.env, command=command, target=target,
-            heads_before=join_ids(heads_before), status=status, started_at=now,
+            heads_before=heads_before, heads_after=None if status == RUNNING else heads_before,
+            status=status, started_at=now,
             finished_at=None if status == RUNNING else now,
             operator=redact(operator_name()), tool_version=__version__, alembic_version=alembic.__version__,
             plan_fingerprint=fingerprint, forced_reason=redact(forced_reason) if forced_reason else None,
@@ -191,8 +199,15 @@ class Recorder:
             revision = join_ids(info.destination_revision_ids) or "base"
         script = info.up_revision if not info.is_stamp else None
         down = tuple(info.down_revision_ids)
+        sha256 = _script_sha256(script)
+        planned = self.expected.get(revision)
+        if planned and sha256 and sha256 != planned:
+            # raising here rolls the step back (where DDL is transactional) before it is recorded
+            raise ScriptChanged(
+                f"revision {revision} changed on disk while the run was in progress (sha256 {planned[:12]} planned "
+                f"and judged, {sha256[:12]} now); rerun so the new content is planned and judged", revision=revision)
         self.record_step(revision=revision, down_revisions=down, direction=direction,
-                         sha256=_script_sha256(script), status=SUCCEEDED, conn=ctx.connection,
+                         sha256=sha256, status=SUCCEEDED, conn=ctx.connection,
                          reviewer=self.reviewers.get(revision))
 
     def record_step(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,

@@ -12,9 +12,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from orchestrator.errors import ConfigError, RegistryError
 from orchestrator.yamlfile import parse_yaml, validation_error
@@ -33,6 +34,24 @@ class ApprovalEntry(BaseModel):
     approved_at: str
     note: str | None = None
     acknowledged: tuple[str, ...] = ()
+
+    @field_validator("revision", "approved_at", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted all-digit id as a number and an unquoted timestamp as a datetime
+        if isinstance(value, datetime):
+            return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("acknowledged")
+    @classmethod
+    def _known_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from orchestrator.lint import RULES
+
+        unknown = [r for r in value if r not in RULES]
+        if unknown:
+            raise ValueError(f"unknown lint rule {', '.join(repr(r) for r in unknown)}; known rules: {', '.join(RULES)}")
+        return value
 
 
 class LedgerFile(BaseModel):
@@ -100,13 +119,14 @@ def load_ledger(path: Path | None) -> Ledger:
         return Ledger(path, {})
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"cannot read the review ledger: {exc.__class__.__name__}: {exc}", file=label) from None
-    if not text.strip():
+    data, lines = parse_yaml(text, label, "the review ledger must be a mapping with 'version' and 'approvals'",
+                             allow_empty=True)
+    if data is None:  # blank, or only comments
         return Ledger(path, {})
-    data, lines = parse_yaml(text, label, "the review ledger must be a mapping with 'version' and 'approvals'")
     try:
         model = LedgerFile.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(exc, lines, label) from None
+        raise validation_error(exc, lines, label, "review ledger format") from None
     approvals: dict[str, Approval] = {}
     for i, entry in enumerate(model.approvals):
         if entry.revision in approvals:

@@ -27,11 +27,17 @@ def current_heads(conn: Connection, ctx: EnvContext) -> tuple[str, ...]:
     return heads
 
 
-def read_heads(ctx: EnvContext) -> tuple[str, ...]:
-    """Return the environment's current heads without creating anything (a missing SQLite file is empty)."""
+def read_heads(ctx: EnvContext, *, must_exist: bool = False) -> tuple[str, ...]:
+    """Return the environment's current heads without creating anything.
+
+    A SQLite file that does not exist is an empty database, or with ``must_exist``
+    (another environment's record is being consulted) a DatabaseError.
+    """
     url = ctx.url
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
             and not url.database.startswith("file:") and not Path(url.database).exists():
+        if must_exist:
+            raise DatabaseError(f"environment '{ctx.name}': database file {url.database} does not exist", env=ctx.name)
         return ()
 
     def read(conn: Connection) -> tuple[str, ...]:

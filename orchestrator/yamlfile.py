@@ -15,7 +15,7 @@ from orchestrator.errors import RegistryError
 
 
 def parse_yaml(text: str, label: str, shape: str = "the registry must be a mapping with 'version' and 'environments'",
-               ) -> tuple[Any, dict[tuple[Any, ...], int]]:
+               *, allow_empty: bool = False) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """Parse YAML safely and index each key path to its line number."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -30,6 +30,8 @@ def parse_yaml(text: str, label: str, shape: str = "the registry must be a mappi
         raise RegistryError(f"invalid YAML: {problem}", file=label, line=line) from None
     except yaml.YAMLError as exc:
         raise RegistryError(f"invalid YAML: {exc}", file=label) from None
+    if data is None and allow_empty:
+        return None, {}
     if not isinstance(data, dict):
         raise RegistryError(shape, file=label, line=1)
     lines: dict[tuple[Any, ...], int] = {}
@@ -79,7 +81,8 @@ _PLAIN_MESSAGES = {
 }
 
 
-def validation_error(exc: ValidationError, lines: dict[tuple[Any, ...], int], label: str) -> RegistryError:
+def validation_error(exc: ValidationError, lines: dict[tuple[Any, ...], int], label: str,
+                     file_format: str = "registry format") -> RegistryError:
     """Turn the first pydantic error into a one-line error with file, line and field."""
     err = exc.errors()[0]
     loc = tuple(err["loc"])
@@ -91,7 +94,7 @@ def validation_error(exc: ValidationError, lines: dict[tuple[Any, ...], int], la
     field_name = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        message = "unknown key; check its spelling against the registry format in README.md"
+        message = f"unknown key; check its spelling against the {file_format} in README.md"
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "literal_error" and loc == ("version",):

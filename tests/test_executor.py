@@ -152,7 +152,11 @@ def test_status_json_lists_every_environment(demo: Project) -> None:
     assert [r["env"] for r in rows] == ["dev", "test", "staging", "prod"]
     for row in rows:
         assert set(row) >= {"env", "current_heads", "target_heads", "pending"}
-        assert row["current_heads"] == [] and row["state"] == "pending"
+        assert row["current_heads"] == []
+    assert [r["state"] for r in rows] == ["pending", "pending", "pending", "pending; gate would refuse"]
+    assert [r["gate"] is None for r in rows] == [True, True, True, False]
+    assert rows[3]["gate"] == [f"'staging' (promote_from) has not applied {', '.join(PROD_REVISIONS)}; "
+                               "promote them there first (`orchestrator promote --to staging`)"]
     assert rows[0]["pending"] == 7 and rows[3]["pending"] == 5
     assert rows[3]["target_heads"] == [PROD_HEAD]
     json.dumps(rows)

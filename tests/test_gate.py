@@ -368,8 +368,6 @@ def test_prod_ahead_of_staging_is_refused(pair: Project) -> None:
     assert schema_snapshot(pair.urls["prod"]) == before
 
 
-@pytest.mark.xfail(strict=True, reason="promote's 'target ahead of its source' refusal exits 3 but is raised before "
-                                       "any run is opened, so no blocked run is recorded (README: every refusal is)")
 def test_refused_promote_is_recorded_as_blocked(pair: Project) -> None:
     at_prod_head(pair)
     ok(pair, "downgrade", "--env", "staging", PROD_REVISIONS[3])
@@ -391,8 +389,9 @@ def test_unreachable_staging_is_a_refusal(pair: Project, orchestrator_dialect: s
     assert result.exit_code == 3, result.output
     assert result.stderr.count("\n") == 1
     if orchestrator_dialect == "sqlite":
-        assert result.stderr == refused("prod", f"'staging' (promote_from) has not applied {NEW}; "
-                                                "promote it there first (`orchestrator promote --to staging`)")
+        assert result.stderr == refused("prod", "cannot read 'staging' (promote_from) to check the promotion order: "
+                                                f"environment 'staging': database file {tmp_path}/no/such/folder/staging.db "
+                                                "does not exist")
     else:
         assert result.stderr.startswith(
             "error: prod: refused: cannot read 'staging' (promote_from) to check the promotion order: "
@@ -404,9 +403,6 @@ def test_unreachable_staging_is_a_refusal(pair: Project, orchestrator_dialect: s
     assert not (tmp_path / "no").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a promote_from SQLite file in a folder that does not exist is read as an empty "
-                                       "database, so the refusal tells the engineer to promote to staging instead of "
-                                       "saying staging's database cannot be read")
 def test_unreachable_sqlite_staging_is_named_as_unreadable(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", {"staging": f"sqlite:///{tmp_path}/staging.db",
                                                   "prod": f"sqlite:///{tmp_path}/prod.db"},
@@ -433,10 +429,6 @@ def open_files(pid: int) -> set[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see when the runner is waiting")
-@pytest.mark.xfail(strict=True, reason="scripts are hashed and judged before the lock is taken, but Alembic loads them "
-                                       "again from disk after it: a script edited while the runner waits for the lock "
-                                       "runs unreviewed, and its step is recorded with the new sha256 and the old "
-                                       "approval's reviewer")
 def test_a_script_edited_while_waiting_for_the_lock_is_not_run(tmp_path: Path) -> None:
     import fcntl
     import time
