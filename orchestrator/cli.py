@@ -7,6 +7,7 @@ and never a traceback unless ``--debug``.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import logging
 import sys
@@ -558,6 +559,22 @@ def release_cmd(state: State, revision: str, to: str | None) -> None:
         print_json(OUT, data)
     else:
         OUT.print(f"released {inert(data['revision'])}: {inert(data['from'])} -> {inert(data['to'])}")
+
+
+@cli.command("ci-matrix")
+@click.option("--format", "fmt", type=click.Choice(["json", "github"]), default="json", show_default=True,
+              help="json: the matrix object; github: one `matrix=...` line for $GITHUB_OUTPUT.")
+@click.option("--dialects", default="sqlite,postgresql,mysql", show_default=True, metavar="LIST",
+              help="Comma-separated dialects.")
+@verb
+def ci_matrix_cmd(state: State, fmt: str, dialects: str) -> None:
+    """Print the environment x dialect matrix for CI (every environment, or --env)."""
+    chosen = tuple(d.strip() for d in dialects.split(",") if d.strip())
+    data = commands.ci_matrix(state.registry(), dialects=chosen, names=[state.env] if state.env else None)
+    if fmt == "github":
+        OUT.file.write("matrix=" + json.dumps(data, separators=(",", ":")) + "\n")
+    else:
+        print_json(OUT, data)
 
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

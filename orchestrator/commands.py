@@ -523,3 +523,15 @@ def _move(source: Path, destination: Path) -> None:
         if done.returncode == 0:
             return
     source.rename(destination)
+
+
+def ci_matrix(registry: Registry, *, dialects: tuple[str, ...] = ("sqlite", "postgresql", "mysql"),
+              names: list[str] | None = None) -> dict[str, Any]:
+    """Return the environment x dialect matrix, shaped for a GitHub Actions ``strategy.matrix``."""
+    unknown = [d for d in dialects if d not in ("sqlite", "postgresql", "mysql")]
+    if unknown:
+        raise ConfigError(f"unknown dialect {', '.join(repr(d) for d in unknown)}; choose from sqlite, postgresql, mysql")
+    envs = [registry.env(n) for n in names] if names else list(registry.environments.values())
+    include = [{"name": f"{env.name}-{dialect}", "env": env.name, "dialect": dialect, "protected": env.protected}
+               for env in envs for dialect in dialects]
+    return {"include": include}

@@ -42,6 +42,7 @@ class _Options(BaseModel):
     file_template: str | None = None
     autogenerate_plugins: tuple[str, ...] | None = None
     lint: dict[str, Literal["error", "warning", "off"]] | None = None
+    compare_models: bool | None = None
 
     @field_validator("lint", mode="before")
     @classmethod
@@ -109,6 +110,7 @@ class Environment:
     file_template: str | None
     autogenerate_plugins: tuple[str, ...]
     lint: dict[str, str]
+    compare_models: bool
     target_metadata: str | None
     exclude_tables: tuple[str, ...]
     root: Path
@@ -313,6 +315,7 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
             file_template=opt("file_template", None),
             autogenerate_plugins=tuple(opt("autogenerate_plugins", ())),
             lint={**(project.lint or {}), **(sec.lint or {})},
+            compare_models=opt("compare_models", True),
             target_metadata=project.target_metadata,
             exclude_tables=project.exclude_tables,
             root=root,
