@@ -19,7 +19,7 @@ from orchestrator.context import EnvContext, alembic_options, contexts, path_for
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
 from orchestrator.executor import NOTHING, RunResult, execute, record_refusal
-from orchestrator.state import applied_revisions, read_heads
+from orchestrator.state import applied_revisions, database_missing, read_heads
 from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, review_problems, unacknowledged_errors
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
@@ -83,10 +83,9 @@ def status(registry: Registry, names: list[str] | None = None) -> list[dict[str,
 
 def _last_run_summary(ctx: EnvContext) -> dict[str, Any] | None:
     """Return the newest run of an environment, with the failed step if any."""
-    url = ctx.url
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+    if database_missing(ctx):
         return None
-    run = run_with_connection(url, ctx.name, lambda conn: last_run(conn, ctx.name, ctx.env.version_table_schema))
+    run = run_with_connection(ctx.url, ctx.name, lambda conn: last_run(conn, ctx.name, ctx.env.version_table_schema))
     if run is None:
         return None
     failed = next((s for s in run["steps"] if s["status"] != "succeeded"), None)
@@ -202,10 +201,9 @@ def revision(ctx: EnvContext, message: str, *, autogenerate: bool = False, head:
 
 def runs(ctx: EnvContext, *, limit: int = 20, run_id: str | None = None) -> dict[str, Any]:
     """Return the environment's run history, newest first, with steps."""
-    url = ctx.url
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+    if database_missing(ctx):
         return {"env": ctx.name, "runs": []}
-    rows = run_with_connection(url, ctx.name, lambda conn: read_runs(conn, ctx.name, ctx.env.version_table_schema,
+    rows = run_with_connection(ctx.url, ctx.name, lambda conn: read_runs(conn, ctx.name, ctx.env.version_table_schema,
                                                                      limit=limit, run_id=run_id))
     return {"env": ctx.name, "runs": [_jsonable(r) for r in rows]}
 

@@ -76,13 +76,18 @@ def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: floa
         force=force, on_step=on_step, gate=gate))
 
 
+def lock_scope(ctx: EnvContext) -> str:
+    """Return what the lock guards: the environment's version table (runners of one table exclude each other)."""
+    return f"{ctx.env.version_table_schema or ''}.{ctx.env.version_table}"
+
+
 def run_locked(conn: Connection, ctx: EnvContext, command: str, target: Target,
                invoke: Callable[[Connection, Recorder], None], *, lock_timeout: float,
                forced_reason: str | None = None, force: bool = False,
                on_step: Callable[[StepRecord], None] | None = None, gate: Gate = default_gate) -> RunResult:
     """Take the lock on ``conn``, then plan, gate, apply through ``invoke`` and record."""
     schema = ctx.env.version_table_schema
-    lock = lock_for(conn, ctx.url, f"{schema or ''}.{ctx.env.version_table}")
+    lock = lock_for(conn, ctx.url, lock_scope(ctx))
     acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
     ctx.reload()  # judge the scripts as they are now that no one else runs, not as they were before the wait
     try:
@@ -142,7 +147,7 @@ def record_refusal(ctx: EnvContext, command: str, target: str, reasons: list[str
 
     def work(conn: Connection) -> None:
         schema = ctx.env.version_table_schema
-        lock = lock_for(conn, ctx.url, f"{schema or ''}.{ctx.env.version_table}")
+        lock = lock_for(conn, ctx.url, lock_scope(ctx))
         acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
         try:
             refuse(Recorder(conn, ctx.name, schema), command, target, current_heads(conn, ctx), reasons)

@@ -1,4 +1,4 @@
-"""The orchestrator's pytest plugin: its options and its throwaway-database fixtures.
+"""The orchestrator's pytest plugin: options, throwaway-database fixtures and the built-in checks.
 
 Registered through the ``pytest11`` entry point, so it loads wherever the package
 is installed; it therefore stays inert until a test asks for it: no autouse
@@ -7,20 +7,32 @@ fixtures, no hooks that touch collection except parametrizing tests that request
 :mod:`orchestrator.testing.databases`, imported only when a fixture is used so an
 unrelated test run does not pay for importing SQLAlchemy.
 
+The built-in migration checks (:mod:`orchestrator.testing.checks`) join a run only
+when turned on (``--orchestrator-checks`` or ``orchestrator_checks = true``): then a
+collector named ``orchestrator_checks`` is added beside the session's own, holding
+one item per check and environment (and dialect, for the checks that need a
+database), e.g. ``orchestrator_checks::test_upgrade_from_empty[prod-postgresql]``.
+
 Every fixture is a plain fixture: a conftest may override any of them by name.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
+    from orchestrator.registry import Registry
+    from orchestrator.testing.checks import Check, Subject
     from orchestrator.testing.databases import Server
 
 DIALECT_FIXTURE = "orchestrator_dialect"
+CHECKS_NODE = "orchestrator_checks"
+CHECKS_MARKER = "orchestrator_check"
+DEFAULT_REGISTRY = "envs/registry.yaml"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -66,6 +78,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type="string",
         default="",
     )
+    group.addoption(
+        "--orchestrator-checks",
+        dest="orchestrator_checks",
+        action="store_true",
+        default=False,
+        help="add the built-in migration checks (items orchestrator_checks::test_*[env-dialect]) for every "
+        "environment of the registry (--orchestrator-registry, default envs/registry.yaml under the rootdir) "
+        "or those of --orchestrator-envs, on the dialects of --orchestrator-dialects. Ini: orchestrator_checks.",
+    )
+    parser.addini(
+        "orchestrator_checks",
+        "add the built-in migration checks to runs that collect from their default locations "
+        "(no paths given on the command line); --orchestrator-checks adds them to any run",
+        type="bool",
+        default=False,
+    )
 
 
 def _setting(config: pytest.Config, name: str) -> str | None:
@@ -110,10 +138,25 @@ def selected_envs(config: pytest.Config) -> tuple[str, ...] | None:
     return _split(value) if value else None
 
 
+def checks_requested(config: pytest.Config) -> bool:
+    """Tell whether this run collects the built-in checks.
+
+    ``--orchestrator-checks`` adds them to any run. The ini setting adds them to runs
+    that collect from their default locations (``testpaths`` or the current directory),
+    not to a run narrowed to paths given on the command line (``pytest tests/test_x.py``).
+    """
+    if config.getoption("orchestrator_checks"):
+        return True
+    return bool(config.getini("orchestrator_checks")) and config.args_source != pytest.Config.ArgsSource.ARGS
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Reject an unknown dialect at start-up, but only when the user set the option."""
+    """Reject an unknown dialect at start-up; register the checks' collection when they are requested."""
     if _setting(config, "orchestrator_dialects") is not None:
         selected_dialects(config)
+    if checks_requested(config):
+        config.addinivalue_line("markers", f"{CHECKS_MARKER}: a built-in orchestrator migration check")
+        config.pluginmanager.register(ChecksCollection(config), "orchestrator-checks")
 
 
 def _parametrized_by_marker(metafunc: pytest.Metafunc) -> bool:
@@ -156,6 +199,10 @@ def orchestrator_dialect(request: pytest.FixtureRequest) -> str:
     this fixture in a conftest (with or without ``params``).
     """
     if not hasattr(request, "param"):
+        # A built-in check item carries its dialect itself (it is not parametrized).
+        dialect = getattr(request.node, "orchestrator_dialect", None)
+        if dialect is not None:
+            return dialect
         pytest.fail(
             "orchestrator_dialect is parametrized at collection: request it (or orchestrator_db_url) "
             "as a test argument rather than through request.getfixturevalue",
@@ -207,3 +254,122 @@ def orchestrator_db_url(orchestrator_dialect: str, orchestrator_server: Callable
         pytest.skip(str(exc))
     with throwaway_database(orchestrator_dialect, server=server) as url:
         yield url
+
+
+# ---------------------------------------------------------------------------- the built-in checks
+
+
+class ChecksCollection:
+    """Adds the ``orchestrator_checks`` collector to the session; registered only when checks are requested."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Generator[None, Any, Any]:
+        """Append the checks' collector to what the session collects, so -k, -m, -x and xdist treat them alike."""
+        report = yield
+        if isinstance(collector, pytest.Session) and report.passed:
+            report.result.append(OrchestratorChecks.from_parent(
+                collector, name=CHECKS_NODE, nodeid=CHECKS_NODE, path=checks_registry_path(self.config)))
+        return report
+
+
+def checks_registry_path(config: pytest.Config) -> Path:
+    """Return the registry the checks run on: --orchestrator-registry, the ini setting, else envs/registry.yaml."""
+    return registry_path(config) or config.rootpath / DEFAULT_REGISTRY
+
+
+class OrchestratorChecks(pytest.Collector):
+    """The built-in checks for the registry's environments: one item per check, environment and dialect."""
+
+    def collect(self) -> list[pytest.Item]:
+        """Return the check items; a registry that cannot be read is this collector's error."""
+        from orchestrator.errors import OrchestratorError
+        from orchestrator.registry import load_registry
+        from orchestrator.testing.checks import CHECKS, graph_error, not_applicable
+
+        path = checks_registry_path(self.config)
+        if not path.is_file():
+            raise self.CollectError(
+                f"orchestrator checks: registry file {path} not found; set --orchestrator-registry "
+                "or the orchestrator_registry ini setting")
+        try:
+            registry = load_registry(path)
+        except OrchestratorError as exc:
+            raise self.CollectError(f"orchestrator checks: {exc}") from None
+        envs = self._environments(registry)
+        dialects = selected_dialects(self.config)
+        unusable = {env: graph_error(registry, env) for env in envs}
+        items: list[pytest.Item] = []
+        for check in CHECKS:
+            for env in envs:
+                reason = not_applicable(check, registry, env, unusable[env])
+                for dialect in dialects if check.needs_database else (None,):
+                    item = OrchestratorCheckItem.from_check(self, check, registry, env, dialect)
+                    if reason is not None:
+                        item.add_marker(pytest.mark.skip(reason=reason))
+                    items.append(item)
+        return items
+
+    def _environments(self, registry: Registry) -> tuple[str, ...]:
+        """Return the environments to check: --orchestrator-envs / the ini setting, else all of them."""
+        chosen = selected_envs(self.config)
+        if chosen is None:
+            return tuple(registry.environments)
+        if unknown := [e for e in chosen if e not in registry.environments]:
+            raise self.CollectError(
+                f"orchestrator checks: unknown environment(s) {', '.join(unknown)} in orchestrator_envs; "
+                f"{registry.path} has {', '.join(registry.environments)}")
+        return chosen
+
+
+class OrchestratorCheckItem(pytest.Function):
+    """One built-in check on one environment (and dialect); its failures print as message and sections."""
+
+    orchestrator_env: str
+    orchestrator_dialect: str | None
+
+    @classmethod
+    def from_check(cls, parent: OrchestratorChecks, check: Check, registry: Registry, env: str,
+                   dialect: str | None) -> OrchestratorCheckItem:
+        """Return the item running ``check`` on ``env`` (on a fresh ``dialect`` database if it needs one)."""
+        from orchestrator.testing.checks import Subject
+
+        subject = Subject(registry, env, dialect)
+        ids = f"{env}-{dialect}" if dialect else env
+        item = cls.from_parent(parent, name=f"{check.name}[{ids}]", callobj=_check_function(check, subject),
+                               originalname=check.name)
+        item.orchestrator_env, item.orchestrator_dialect = env, dialect
+        item.add_marker(CHECKS_MARKER)
+        return item
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        """Point at the registry's first line: the checks have no source file of their own."""
+        return self.path, 0, f"{CHECKS_NODE}::{self.name}"
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        """Show a check failure (or an orchestrator error) as its message and sections, without a traceback."""
+        from orchestrator.errors import OrchestratorError
+        from orchestrator.testing.checks import MigrationCheckFailure
+
+        if excinfo.errisinstance((MigrationCheckFailure, OrchestratorError)) and not self.config.getoption("fulltrace"):
+            return self._repr_failure_py(excinfo, style="value")
+        return super().repr_failure(excinfo, style=style)
+
+
+def _check_function(check: Check, subject: Subject) -> Callable[..., None]:
+    """Return the test function of one item: static checks take no fixture, database checks take a fresh database."""
+    if check.needs_database:
+
+        def run_on_database(orchestrator_db_url: str) -> None:
+            check.run(replace(subject, url=orchestrator_db_url))
+
+        run_on_database.__doc__ = check.doc
+        return run_on_database
+
+    def run() -> None:
+        check.run(subject)
+
+    run.__doc__ = check.doc
+    return run

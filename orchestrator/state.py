@@ -27,6 +27,14 @@ def current_heads(conn: Connection, ctx: EnvContext) -> tuple[str, ...]:
     return heads
 
 
+def database_missing(ctx: EnvContext) -> bool:
+    """Return True for a SQLite file that does not exist yet (reading it must not create it)."""
+    url = ctx.url
+    database = url.database or ""
+    return (url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+            and not database.startswith("file:") and not Path(database).exists())
+
+
 def read_heads(ctx: EnvContext, *, must_exist: bool = False) -> tuple[str, ...]:
     """Return the environment's current heads without creating anything.
 
@@ -34,8 +42,7 @@ def read_heads(ctx: EnvContext, *, must_exist: bool = False) -> tuple[str, ...]:
     (another environment's record is being consulted) a DatabaseError.
     """
     url = ctx.url
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
-            and not url.database.startswith("file:") and not Path(url.database).exists():
+    if database_missing(ctx):
         if must_exist:
             raise DatabaseError(f"environment '{ctx.name}': database file {url.database} does not exist", env=ctx.name)
         return ()
