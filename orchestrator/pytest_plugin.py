@@ -353,9 +353,14 @@ class OrchestratorCheckItem(pytest.Function):
         from orchestrator.errors import OrchestratorError
         from orchestrator.testing.checks import MigrationCheckFailure
 
-        if excinfo.errisinstance((MigrationCheckFailure, OrchestratorError)) and not self.config.getoption("fulltrace"):
-            return self._repr_failure_py(excinfo, style="value")
-        return super().repr_failure(excinfo, style=style)
+        if not excinfo.errisinstance((MigrationCheckFailure, OrchestratorError)) or self.config.getoption("fulltrace"):
+            return super().repr_failure(excinfo, style=style)
+        failure = self._repr_failure_py(excinfo, style="value")
+        # The one-line summary (-ra) shows the check's own first line, not the exception's module path.
+        crash = getattr(failure, "reprcrash", None)
+        if crash is not None:
+            crash.message = f"{type(excinfo.value).__name__}: {str(excinfo.value).splitlines()[0]}"
+        return failure
 
 
 def _check_function(check: Check, subject: Subject) -> Callable[..., None]:
