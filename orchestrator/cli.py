@@ -180,10 +180,10 @@ def show_result(state: State, result: RunResult) -> None:
         print_json(OUT, result.to_dict())
         return
     if result.status == NOTHING:
-        OUT.print(f"{inert(result.env)}: nothing to do; at {ids(result.heads_after)}")
+        OUT.line(f"{inert(result.env)}: nothing to do; at {ids(result.heads_after)}")
         return
     verb_done = {"upgrade": "upgraded", "downgrade": "downgraded", "stamp": "stamped"}.get(result.command, result.command)
-    OUT.print(f"{inert(result.env)}: {verb_done} {ids(result.plan.heads_before)} -> {ids(result.heads_after)} "
+    OUT.line(f"{inert(result.env)}: {verb_done} {ids(result.plan.heads_before)} -> {ids(result.heads_after)} "
               f"({len(result.steps)} step{'s' if len(result.steps) != 1 else ''}, run {result.run_id[:12] if result.run_id else '-'})")
 
 
@@ -245,9 +245,9 @@ def plan_cmd(state: State, target: str, direction: str | None) -> None:
         print_json(OUT, plan.to_dict())
         return
     if plan.empty:
-        OUT.print(f"{inert(ctx.name)}: nothing to do; at {ids(plan.heads_before)}")
+        OUT.line(f"{inert(ctx.name)}: nothing to do; at {ids(plan.heads_before)}")
         return
-    OUT.print(f"{inert(ctx.name)}: {plan.command} {inert(target)} from {ids(plan.heads_before)}, "
+    OUT.line(f"{inert(ctx.name)}: {plan.command} {inert(target)} from {ids(plan.heads_before)}, "
               f"{len(plan.steps)} step(s), fingerprint {plan.fingerprint[:16]}")
     OUT.print(table(None, ["#", "revision", "direction", "message", "script", "sha256"], [
         [i, s.revision, s.direction, s.message, commands.path_for_display(s.path, ctx.registry.root) if s.path else "-",
@@ -308,9 +308,9 @@ def current_cmd(state: State) -> None:
         print_json(OUT, data)
         return
     if not data["heads"]:
-        OUT.print(f"{inert(data['env'])}: (empty: no revision applied)")
+        OUT.line(f"{inert(data['env'])}: (empty: no revision applied)")
     for h in data["heads"]:
-        OUT.print(f"{inert(data['env'])}: {inert(h['revision'])} {inert(h['message'] or '(not in any visible folder)')}")
+        OUT.line(f"{inert(data['env'])}: {inert(h['revision'])} {inert(h['message'] or '(not in any visible folder)')}")
 
 
 @cli.command("heads")
@@ -323,7 +323,7 @@ def heads_cmd(state: State) -> None:
         return
     for h in data["heads"]:
         labels = f" ({', '.join(h['branch_labels'])})" if h["branch_labels"] else ""
-        OUT.print(f"{inert(h['revision'])}{inert(labels)} {inert(h['message'])} [{inert(h['folder'])}]")
+        OUT.line(f"{inert(h['revision'])}{inert(labels)} {inert(h['message'])} [{inert(h['folder'])}]")
 
 
 @cli.command("history")
@@ -356,7 +356,7 @@ def revision_cmd(state: State, message: str, autogenerate: bool, head: str | Non
         print_json(OUT, data)
         return
     for r in data["revisions"]:
-        OUT.print(f"{inert(data['env'])}: wrote {inert(r['revision'])} to {inert(r['path'])}")
+        OUT.line(f"{inert(data['env'])}: wrote {inert(r['revision'])} to {inert(r['path'])}")
 
 
 @cli.command("runs")
@@ -370,7 +370,7 @@ def runs_cmd(state: State, limit: int, run_id: str | None) -> None:
         print_json(OUT, data)
         return
     if not data["runs"]:
-        OUT.print(f"{inert(data['env'])}: no runs recorded")
+        OUT.line(f"{inert(data['env'])}: no runs recorded")
         return
     OUT.print(table(f"{data['env']}: runs", ["run", "command", "target", "status", "started (UTC)", "operator", "steps", "error"], [
         [r["run_id"][:12], r["command"], r["target"], r["status"], (r["started_at"] or "")[:19].replace("T", " "),
@@ -416,7 +416,7 @@ def rollout_cmd(state: State, to: str | None, lock_timeout: float) -> None:
         return
     for r in results:
         show_result(state, r)
-    OUT.print()
+    OUT.line()
     render_status(commands.status(registry, [e.name for e in registry.promotion_chain(to)]))
 
 
@@ -430,7 +430,7 @@ def ini_cmd(state: State, output: str | None) -> None:
     if state.json:
         print_json(OUT, {"env": ctx.name, "path": output, "ini": text})
     elif output:
-        OUT.print(f"{inert(ctx.name)}: wrote {inert(output)}")
+        OUT.line(f"{inert(ctx.name)}: wrote {inert(output)}")
     else:
         OUT.file.write(text)
 
@@ -455,7 +455,7 @@ def review_approve_cmd(state: State, revision: str, reviewer: str, note: str | N
     if state.json:
         print_json(OUT, data)
         return
-    OUT.print(f"approved {inert(data['revision'])} ({inert(data['path'])}, sha256 {data['sha256'][:12]}) by {inert(data['reviewer'])}")
+    OUT.line(f"approved {inert(data['revision'])} ({inert(data['path'])}, sha256 {data['sha256'][:12]}) by {inert(data['reviewer'])}")
     for f in data["unacknowledged_errors"]:
         ERR.file.write(f"warning: {inert(f['env'])}: lint error {f['rule']} ({inert(f['message'])}) is not acknowledged; "
                        f"approve with --ack {f['rule']} if it is intended\n")
@@ -470,7 +470,7 @@ def review_revoke_cmd(state: State, revision: str) -> None:
     if state.json:
         print_json(OUT, data)
     else:
-        OUT.print(f"revoked the approval of {inert(data['revision'])}")
+        OUT.line(f"revoked the approval of {inert(data['revision'])}")
 
 
 @review_group.command("status")
@@ -483,7 +483,7 @@ def review_status_cmd(state: State, everything: bool) -> None:
         print_json(OUT, data)
         return
     if not data["revisions"]:
-        OUT.print(f"{inert(data['env'])}: nothing pending")
+        OUT.line(f"{inert(data['env'])}: nothing pending")
         return
     OUT.print(table(f"{data['env']}: reviews", ["revision", "state", "reviewer", "lint", "script"], [
         [r["revision"], r["state"], r["reviewer"] or "-",
@@ -501,9 +501,9 @@ def review_check_cmd(state: State, everything: bool) -> None:
         print_json(OUT, data)
     elif data["problems"]:
         for problem in data["problems"]:
-            OUT.print(f"{inert(data['env'])}: {inert(problem)}")
+            OUT.line(f"{inert(data['env'])}: {inert(problem)}")
     else:
-        OUT.print(f"{inert(data['env'])}: {len(data['checked'])} revision(s) checked; all reviewed")
+        OUT.line(f"{inert(data['env'])}: {len(data['checked'])} revision(s) checked; all reviewed")
     if data["problems"]:
         sys.exit(EXIT_REFUSED)
 
@@ -519,7 +519,7 @@ def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bo
     if state.json:
         print_json(OUT, data)
     elif not data["findings"]:
-        OUT.print(f"{inert(data['env'])}: {len(data['revisions'])} revision(s) linted on {data['dialect']}; no findings")
+        OUT.line(f"{inert(data['env'])}: {len(data['revisions'])} revision(s) linted on {data['dialect']}; no findings")
     else:
         OUT.print(table(f"{data['env']}: lint on {data['dialect']}", ["revision", "rule", "severity", "finding"], [
             [f["revision"], f["rule"], f["severity"], f["message"]] for f in data["findings"]]))
@@ -537,9 +537,9 @@ def verify_cmd(state: State) -> None:
         print_json(OUT, data)
     else:
         for finding in data["findings"]:
-            OUT.print(inert(finding))
+            OUT.line(inert(finding))
         if not data["findings"] and not data["unreachable"]:
-            OUT.print("verified: no integrity findings")
+            OUT.line("verified: no integrity findings")
     for problem in data["unreachable"]:
         ERR.file.write(f"error: {inert(problem)}\n")
     if data["findings"]:
@@ -558,7 +558,7 @@ def release_cmd(state: State, revision: str, to: str | None) -> None:
     if state.json:
         print_json(OUT, data)
     else:
-        OUT.print(f"released {inert(data['revision'])}: {inert(data['from'])} -> {inert(data['to'])}")
+        OUT.line(f"released {inert(data['revision'])}: {inert(data['from'])} -> {inert(data['to'])}")
 
 
 @cli.command("ci-matrix")

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
-from orchestrator.loader import RevisionFile, read_folders
+from orchestrator.loader import RevisionFile, folders_stamp, read_folders
 from orchestrator.redact import RedactingStream
 from orchestrator.registry import ENV_SELECT_VAR, Environment, Registry
 
@@ -36,16 +36,23 @@ class EnvContext:
     registry: Registry
     env: Environment
     _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
+    _stamp: tuple[tuple[str, int, int], ...] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.env.name
 
     def reload(self) -> None:
-        """Forget what was read from the folders, so the next use reads them again."""
+        """Read the folders again if any script was added, removed or changed since they were read."""
+        if self._stamp is not None and self._stamp == self._current_stamp():
+            return
         for cached in ("all_files", "graph", "script"):
             self.__dict__.pop(cached, None)
         self._all_files = None
+        self._stamp = None
+
+    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
+        return folders_stamp(self.registry.all_folders(), recursive=self.env.recursive_version_locations)
 
     @cached_property
     def url(self) -> URL:
@@ -55,6 +62,7 @@ class EnvContext:
     @cached_property
     def all_files(self) -> dict[str, RevisionFile]:
         """Return every revision in every folder of the registry, ids checked unique."""
+        self._stamp = self._current_stamp()
         if self._all_files is None:
             files = read_folders(self.registry.all_folders(), recursive=self.env.recursive_version_locations)
             self._all_files = index_unique(files, self.registry.root)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from alembic import command as alembic_command
+from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Connection
 
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, path_for_display, selected_env
@@ -69,11 +70,34 @@ def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: floa
         cfg = ctx.config()
         cfg.attributes["connection"] = conn
         cfg.attributes[RUN_ATTRIBUTE] = recorder
-        getattr(alembic_command, command)(cfg, target)
+        run_alembic(ctx, cfg, command, target)
 
     return run_with_connection(ctx.url, ctx.name, lambda conn: run_locked(
         conn, ctx, command, target, invoke, lock_timeout=lock_timeout, forced_reason=forced_reason,
         force=force, on_step=on_step, gate=gate))
+
+
+def run_alembic(ctx: EnvContext, cfg: Any, command: str, target: Target) -> None:
+    """Run an Alembic verb on the ScriptDirectory already loaded for the plan (as ``alembic.command`` does).
+
+    ``alembic.command.upgrade`` would build and load a second ScriptDirectory;
+    reusing the planned one loads every script once and runs exactly the
+    scripts that were planned and judged.
+    """
+    script = ctx.script
+    if command == "upgrade" and hasattr(script, "_upgrade_revs"):
+        def upgrade(rev: Any, context: Any) -> Any:
+            return script._upgrade_revs(target, rev)
+        fn = upgrade
+    elif command == "downgrade" and hasattr(script, "_downgrade_revs"):
+        def downgrade(rev: Any, context: Any) -> Any:
+            return script._downgrade_revs(target, rev)
+        fn = downgrade
+    else:
+        getattr(alembic_command, command)(cfg, target)
+        return
+    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=target):
+        script.run_env()
 
 
 def lock_scope(ctx: EnvContext) -> str:
@@ -114,7 +138,7 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     if reasons:
         refuse(recorder, command, plan.target, heads, reasons, fingerprint=plan.fingerprint, forced_reason=forced_reason)
     recorder.reviewers = approved_by(ctx, plan)
-    recorder.expected = {s.revision: s.sha256 for s in plan.steps if s.sha256}
+    recorder.expected = {s.revision: ctx.graph.revisions[s.revision] for s in plan.steps if s.revision in ctx.graph.revisions}
     recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
                        forced_reason=forced_reason)
     conn.commit()

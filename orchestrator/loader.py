@@ -34,6 +34,7 @@ class RevisionFile:
     path: Path
     folder: Path
     sha256: str
+    stat_key: tuple[int, int] = (0, 0)  # (size, mtime_ns) when read
 
     def display_path(self, root: Path) -> str:
         """Return the path relative to ``root`` where possible."""
@@ -58,6 +59,17 @@ def read_folder(folder: Path, *, recursive: bool = False) -> list[RevisionFile]:
     return found
 
 
+def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> tuple[tuple[str, int, int], ...]:
+    """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
+    stamp = []
+    for folder in folders:
+        candidates = folder.rglob("*.py") if recursive else folder.glob("*.py")
+        for path in candidates:
+            st = path.stat()
+            stamp.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(stamp))
+
+
 def read_folders(folders: Iterable[Path], *, recursive: bool = False) -> list[RevisionFile]:
     """Return the revision files of several folders, in folder order."""
     files: list[RevisionFile] = []
@@ -68,6 +80,7 @@ def read_folders(folders: Iterable[Path], *, recursive: bool = False) -> list[Re
 
 def read_revision_file(path: Path, folder: Path) -> RevisionFile:
     """Parse one revision script for its identifiers, falling back to importing it."""
+    st = path.stat()
     data = path.read_bytes()
     try:
         tree = ast.parse(data, filename=str(path))
@@ -94,6 +107,7 @@ def read_revision_file(path: Path, folder: Path) -> RevisionFile:
         path=path,
         folder=folder,
         sha256=hashlib.sha256(data).hexdigest(),
+        stat_key=(st.st_size, st.st_mtime_ns),
     )
 
 

@@ -17,6 +17,7 @@ Every fixture is a plain fixture: a conftest may override any of them by name.
 """
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -270,8 +271,9 @@ class ChecksCollection:
         """Append the checks' collector to what the session collects, so -k, -m, -x and xdist treat them alike."""
         report = yield
         if isinstance(collector, pytest.Session) and report.passed:
+            # The rootdir as its path: --lf then keeps it whenever anything failed, and filters its items itself.
             report.result.append(OrchestratorChecks.from_parent(
-                collector, name=CHECKS_NODE, nodeid=CHECKS_NODE, path=checks_registry_path(self.config)))
+                collector, name=CHECKS_NODE, nodeid=CHECKS_NODE, path=self.config.rootpath))
         return report
 
 
@@ -280,8 +282,16 @@ def checks_registry_path(config: pytest.Config) -> Path:
     return registry_path(config) or config.rootpath / DEFAULT_REGISTRY
 
 
-class OrchestratorChecks(pytest.Collector):
-    """The built-in checks for the registry's environments: one item per check, environment and dialect."""
+class OrchestratorChecks(pytest.Module):
+    """The built-in checks for the registry's environments: one item per check, environment and dialect.
+
+    A module without a file (as pytest-alembic's collector is), so that fixtures of every
+    scope, module-scoped autouse ones included, resolve for its items as for any test.
+    """
+
+    def _getobj(self) -> Any:
+        """Return an empty module object: there is no file to import."""
+        return types.ModuleType(CHECKS_NODE, "The orchestrator's built-in migration checks.")
 
     def collect(self) -> list[pytest.Item]:
         """Return the check items; a registry that cannot be read is this collector's error."""
@@ -346,7 +356,7 @@ class OrchestratorCheckItem(pytest.Function):
 
     def reportinfo(self) -> tuple[Any, int, str]:
         """Point at the registry's first line: the checks have no source file of their own."""
-        return self.path, 0, f"{CHECKS_NODE}::{self.name}"
+        return checks_registry_path(self.config), 0, f"{CHECKS_NODE}::{self.name}"
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         """Show a check failure (or an orchestrator error) as its message and sections, without a traceback."""

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable
 
 import alembic
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
@@ -32,7 +31,18 @@ HISTORY_TABLES = (RUNS_TABLE, STEPS_TABLE)
 
 RUNNING, SUCCEEDED, FAILED, BLOCKED, INTERRUPTED = "running", "succeeded", "failed", "blocked", "interrupted"
 
-_Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+class _Timestamp(sa.types.TypeDecorator):
+    """A UTC timestamp with microseconds on every dialect (MySQL's DATETIME keeps none by default)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.engine.Dialect) -> sa.types.TypeEngine:
+        if dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import DATETIME  # imported only where needed
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
+        return dialect.type_descriptor(sa.DateTime())
 _tables: dict[str | None, tuple[sa.Table, sa.Table]] = {}
 
 
@@ -137,7 +147,7 @@ class Recorder:
     steps: list[StepRecord] = field(default_factory=list)
     on_step: Callable[[StepRecord], None] | None = None
     reviewers: dict[str, str] = field(default_factory=dict)
-    expected: dict[str, str] = field(default_factory=dict)  # sha256 of each step as the gate judged it
+    expected: dict[str, Any] = field(default_factory=dict)  # each step's RevisionFile as the gate judged it
     migrations_started: bool = False
     _step_clock: float = 0.0
     _step_started: datetime | None = None
@@ -199,12 +209,12 @@ class Recorder:
             revision = join_ids(info.destination_revision_ids) or "base"
         script = info.up_revision if not info.is_stamp else None
         down = tuple(info.down_revision_ids)
-        sha256 = _script_sha256(script)
         planned = self.expected.get(revision)
-        if planned and sha256 and sha256 != planned:
+        sha256 = _script_sha256(script, planned)
+        if planned and sha256 and sha256 != planned.sha256:
             # raising here rolls the step back (where DDL is transactional) before it is recorded
             raise ScriptChanged(
-                f"revision {revision} changed on disk while the run was in progress (sha256 {planned[:12]} planned "
+                f"revision {revision} changed on disk while the run was in progress (sha256 {planned.sha256[:12]} planned "
                 f"and judged, {sha256[:12]} now); rerun so the new content is planned and judged", revision=revision)
         self.record_step(revision=revision, down_revisions=down, direction=direction,
                          sha256=sha256, status=SUCCEEDED, conn=ctx.connection,
@@ -221,12 +231,12 @@ class Recorder:
             duration_ms=round((now - self._step_clock) * 1000, 3), status=status,
             error=redact(error) if error else None, reviewer=reviewer,
         )
-        (conn or self.conn).execute(self.steps_table.insert().values(
-            run_id=self.run_id, seq=record.seq, revision=record.revision,
-            down_revisions=join_ids(record.down_revisions), direction=record.direction,
-            script_sha256=record.script_sha256, reviewer=record.reviewer, started_at=record.started_at,
-            duration_ms=record.duration_ms, status=record.status, error=record.error,
-        ))
+        (conn or self.conn).execute(self.steps_table.insert(), {
+            "run_id": self.run_id, "seq": record.seq, "revision": record.revision,
+            "down_revisions": join_ids(record.down_revisions), "direction": record.direction,
+            "script_sha256": record.script_sha256, "reviewer": record.reviewer, "started_at": record.started_at,
+            "duration_ms": record.duration_ms, "status": record.status, "error": record.error,
+        })
         self.steps.append(record)
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
@@ -286,18 +296,27 @@ def last_run(conn: Connection, env: str, schema: str | None = None) -> dict[str,
     return rows[0] if rows else None
 
 
-def _script_sha256(script: Any) -> str | None:
-    """Return the sha256 of a Script's file, or None when there is no file."""
+def _script_sha256(script: Any, planned: Any = None) -> str | None:
+    """Return the sha256 of a Script's file; unchanged size and mtime keep the planned hash (no re-read)."""
+    from pathlib import Path
+
+    from orchestrator.loader import sha256_of
+
     path = getattr(script, "path", None)
     if not path:
         return None
-    from orchestrator.loader import sha256_of
-    from pathlib import Path
-
     try:
+        if planned is not None and planned.stat_key == _stat_key(Path(path)):
+            return planned.sha256
         return sha256_of(Path(path))
     except OSError:
         return None
+
+
+def _stat_key(path: Any) -> tuple[int, int]:
+    """Return (size, mtime_ns): what tells a file changed without reading it."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def dumps_ids(ids: Iterable[str]) -> str:
