@@ -24,7 +24,7 @@ from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, re
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
-from orchestrator.graph import build_environment_graph
+from orchestrator.graph import build_environment_graph, unlabelled_heads
 from orchestrator.loader import RevisionFile
 from orchestrator.plan import Step
 from orchestrator.registry import Registry, has_secret
@@ -424,24 +424,11 @@ def verify(registry: Registry, names: list[str] | None = None) -> dict[str, Any]
 
 def _head_findings(ctx: EnvContext) -> list[str]:
     """Report several heads on unlabelled branches (a merge is missing)."""
-    labelled = _labelled_revisions(ctx)
-    loose = [h for h in ctx.graph.heads if h not in labelled]
+    loose = unlabelled_heads(ctx.graph)
     if len(loose) > 1:
         return [f"environment '{ctx.name}': {len(loose)} heads on unlabelled branches ({', '.join(loose)}); "
                 f"merge them (`alembic merge`) or give each branch a label"]
     return []
-
-
-def _labelled_revisions(ctx: EnvContext) -> set[str]:
-    """Return the revisions on a labelled branch: a labelled revision and everything built on it."""
-    revisions = ctx.graph.revisions
-    labelled = {r for r, f in revisions.items() if f.branch_labels}
-    changed = True
-    while changed:
-        more = {r for r, f in revisions.items() if r not in labelled and set(f.down_revisions) & labelled}
-        labelled |= more
-        changed = bool(more)
-    return labelled
 
 
 def _database_findings(ctx: EnvContext) -> list[str]:

@@ -18,7 +18,7 @@ import sys
 from typing import Any, Callable
 
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from orchestrator.context import ENV_ATTRIBUTE, REGISTRY_ATTRIBUTE, RUN_ATTRIBUTE, EnvContext
 from orchestrator.errors import ConfigError, OrchestratorError
@@ -49,8 +49,8 @@ def run_migrations(context: Any = None, *, target_metadata: Any = None, lock_tim
             context.run_migrations()
         return
     recorder: Recorder | None = context.config.attributes.get(RUN_ATTRIBUTE)
-    connection: Connection | None = context.config.attributes.get("connection")
-    if recorder is not None and connection is not None:
+    connection: Connection | Engine | None = context.config.attributes.get("connection")
+    if recorder is not None and isinstance(connection, Connection):
         _run_online(context, connection, recorder, opts)
         return
     try:
@@ -60,7 +60,7 @@ def run_migrations(context: Any = None, *, target_metadata: Any = None, lock_tim
         raise CommandError(str(exc)) from exc
 
 
-def _run_guarded(context: Any, registry: Registry, env: Environment, connection: Connection | None,
+def _run_guarded(context: Any, registry: Registry, env: Environment, connection: Connection | Engine | None,
                  opts: dict[str, Any], lock_timeout: float) -> None:
     """Take the lock and record the run ourselves (stock alembic or another tool drives)."""
     from orchestrator.db import run_with_connection
@@ -74,11 +74,17 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
             _run_online(context, conn, None, opts)
             return
         target = context.get_revision_argument()
-        target = " ".join(target) if isinstance(target, tuple) else (target or "heads")
+        # Alembic hands over None for "base"
+        target = "base" if target is None else (" ".join(target) if isinstance(target, tuple) else target)
         run_locked(conn, ctx, command, target, lambda c, rec: _run_online(context, c, rec, opts),
                    lock_timeout=lock_timeout)
 
-    if connection is not None:
+    if isinstance(connection, Engine):  # pytest-alembic may hand over an Engine
+        with connection.connect() as conn:
+            ctx.__dict__["url"] = conn.engine.url  # lock and record where the migration runs
+            work(conn)
+    elif connection is not None:
+        ctx.__dict__["url"] = connection.engine.url
         work(connection)
     else:
         run_with_connection(ctx.url, env.name, work)

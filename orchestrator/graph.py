@@ -115,3 +115,20 @@ def _check_acyclic(visible: dict[str, RevisionFile], labels: dict[str, str], roo
             elif nxt not in state:
                 state[nxt] = 1
                 stack.append((nxt, iter(parents(nxt))))
+
+
+def labelled_revisions(graph: EnvironmentGraph) -> set[str]:
+    """Return the revisions on a labelled branch: a labelled revision and everything built on it."""
+    labelled = {r for r, f in graph.revisions.items() if f.branch_labels}
+    grown = True
+    while grown:
+        more = {r for r, f in graph.revisions.items() if r not in labelled and set(f.down_revisions) & labelled}
+        labelled |= more
+        grown = bool(more)
+    return labelled
+
+
+def unlabelled_heads(graph: EnvironmentGraph) -> list[str]:
+    """Return the heads not on a labelled branch (more than one means a merge is missing)."""
+    labelled = labelled_revisions(graph)
+    return [h for h in graph.heads if h not in labelled]

@@ -8,12 +8,15 @@ fixtures, no hooks that touch collection except parametrizing tests that request
 unrelated test run does not pay for importing SQLAlchemy.
 
 The built-in migration checks (:mod:`orchestrator.testing.checks`) join a run only
-when turned on (``--orchestrator-checks`` or ``orchestrator_checks = true``): then a
-collector named ``orchestrator_checks`` is added beside the session's own, holding
-one item per check and environment (and dialect, for the checks that need a
-database), e.g. ``orchestrator_checks::test_upgrade_from_empty[prod-postgresql]``.
+when turned on (``--orchestrator-checks``, or ``orchestrator_checks = true`` for runs
+not narrowed to paths): then a collector named ``orchestrator_checks`` is added beside
+the session's own, holding one item per check and environment (and dialect, for the
+checks that need a database), e.g. ``orchestrator_checks::test_upgrade_from_empty[prod-postgresql]``
+or ``orchestrator_checks::test_single_head[prod]``. Each database check gets its own
+``orchestrator_db_url``; a dialect without a server skips with the way to enable it.
 
-Every fixture is a plain fixture: a conftest may override any of them by name.
+Every fixture is a plain fixture: a conftest may override any of them by name (for
+the checks' items, the conftest.py at the rootdir, since they live outside any folder).
 """
 from __future__ import annotations
 
@@ -348,8 +351,9 @@ class OrchestratorCheckItem(pytest.Function):
 
         subject = Subject(registry, env, dialect)
         ids = f"{env}-{dialect}" if dialect else env
-        item = cls.from_parent(parent, name=f"{check.name}[{ids}]", callobj=_check_function(check, subject),
-                               originalname=check.name)
+        # No originalname here: pytest >= 9.2 builds the node id from it and a callspec, which this item has not.
+        item = cls.from_parent(parent, name=f"{check.name}[{ids}]", callobj=_check_function(check, subject))
+        item.originalname = check.name
         item.orchestrator_env, item.orchestrator_dialect = env, dialect
         item.add_marker(CHECKS_MARKER)
         return item

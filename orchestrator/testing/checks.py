@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
@@ -24,7 +24,7 @@ from orchestrator.context import EnvContext, contexts, path_for_display
 from orchestrator.db import run_with_connection
 from orchestrator.errors import OrchestratorError
 from orchestrator.executor import RunResult
-from orchestrator.graph import EnvironmentGraph
+from orchestrator.graph import EnvironmentGraph, labelled_revisions
 from orchestrator.recorder import HISTORY_TABLES
 from orchestrator.registry import Registry
 
@@ -73,12 +73,16 @@ class Subject:
 
 @dataclass(frozen=True)
 class Check:
-    """One built-in check: its test name, whether it needs a database, and what it runs."""
+    """One built-in check: its test name, what it runs, and whether it needs a database."""
 
     name: str
     run: Callable[[Subject], None]
     needs_database: bool = True
-    doc: str = field(default="", compare=False)
+
+    @property
+    def doc(self) -> str:
+        """Return what the check asserts (the first line of its function's docstring)."""
+        return (self.run.__doc__ or "").strip().splitlines()[0]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -95,17 +99,6 @@ def _describe(ctx: EnvContext, revision: str) -> str:
 def _ids(revisions: Iterable[str]) -> str:
     """Return revision ids for a message, or 'base'."""
     return ", ".join(revisions) or "base"
-
-
-def labelled_revisions(graph: EnvironmentGraph) -> set[str]:
-    """Return the revisions on a labelled branch: a labelled revision and everything built on it."""
-    labelled = {r for r, f in graph.revisions.items() if f.branch_labels}
-    grown = True
-    while grown:
-        more = {r for r, f in graph.revisions.items() if r not in labelled and set(f.down_revisions) & labelled}
-        labelled |= more
-        grown = bool(more)
-    return labelled
 
 
 def _failure(subject: Subject, ctx: EnvContext, what: str, exc: OrchestratorError,
@@ -183,7 +176,7 @@ def _schema_objects(conn: Connection, schemas: Sequence[str | None]) -> dict[str
         if conn.dialect.name == "postgresql":
             for sequence in _standalone_sequences(conn, schema):
                 found[f"sequence {prefix}{sequence}"] = f"sequence {prefix}{sequence}"
-            for enum in insp.get_enums(schema=schema or "public"):  # type: ignore[attr-defined]
+            for enum in insp.get_enums(schema=schema):  # type: ignore[attr-defined]
                 labels = ", ".join(repr(label) for label in enum["labels"])
                 found[f"type {prefix}{enum['name']}"] = f"enum type {prefix}{enum['name']} ({labels})"
     return found
@@ -359,7 +352,7 @@ def downgrade_leaves_no_trace(subject: Subject) -> None:
             created_by[key] = revision
     _downgrade(subject, ctx, "base", "downgrade to base")
     after = _snapshot(ctx)
-    left = {key: text for key, text in after.items() if key not in before and key not in _bookkeeping(ctx)}
+    left = {key: found for key, found in after.items() if key not in before and key not in _bookkeeping(ctx)}
     heads = _current(ctx)
     if not left and not heads:
         return
@@ -406,14 +399,13 @@ def history_recorded(subject: Subject) -> None:
 
 
 CHECKS: tuple[Check, ...] = (
-    Check("test_single_head", single_head, needs_database=False, doc=single_head.__doc__ or ""),
-    Check("test_graph_closed", graph_closed, needs_database=False, doc=graph_closed.__doc__ or ""),
-    Check("test_upgrade_from_empty", upgrade_from_empty, doc=upgrade_from_empty.__doc__ or ""),
-    Check("test_up_down_consistency", up_down_consistency, doc=up_down_consistency.__doc__ or ""),
-    Check("test_model_definitions_match_ddl", model_definitions_match_ddl,
-          doc=model_definitions_match_ddl.__doc__ or ""),
-    Check("test_downgrade_leaves_no_trace", downgrade_leaves_no_trace, doc=downgrade_leaves_no_trace.__doc__ or ""),
-    Check("test_history_recorded", history_recorded, doc=history_recorded.__doc__ or ""),
+    Check("test_single_head", single_head, needs_database=False),
+    Check("test_graph_closed", graph_closed, needs_database=False),
+    Check("test_upgrade_from_empty", upgrade_from_empty),
+    Check("test_up_down_consistency", up_down_consistency),
+    Check("test_model_definitions_match_ddl", model_definitions_match_ddl),
+    Check("test_downgrade_leaves_no_trace", downgrade_leaves_no_trace),
+    Check("test_history_recorded", history_recorded),
 )
 CHECK_NAMES = tuple(check.name for check in CHECKS)
 
