@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass, replace
 
 from sqlalchemy import inspect, text
@@ -115,18 +116,18 @@ def _failure(subject: Subject, ctx: EnvContext, what: str, exc: OrchestratorErro
 
 def _upgrade(subject: Subject, ctx: EnvContext, target: str, what: str) -> RunResult:
     """Upgrade to ``target``, turning an orchestrator error into a check failure."""
-    try:
-        result = commands.upgrade(ctx, target)
-    except OrchestratorError as exc:
-        raise _failure(subject, ctx, what, exc) from None
-    assert isinstance(result, RunResult)
-    return result
+    return _run(commands.upgrade, subject, ctx, target, what)
 
 
 def _downgrade(subject: Subject, ctx: EnvContext, target: str, what: str) -> RunResult:
     """Downgrade to ``target``, turning an orchestrator error into a check failure."""
+    return _run(commands.downgrade, subject, ctx, target, what)
+
+
+def _run(verb: Callable[..., Any], subject: Subject, ctx: EnvContext, target: str, what: str) -> RunResult:
+    """Run one orchestrator verb, turning an orchestrator error into a check failure."""
     try:
-        result = commands.downgrade(ctx, target)
+        result = verb(ctx, target)
     except OrchestratorError as exc:
         raise _failure(subject, ctx, what, exc) from None
     assert isinstance(result, RunResult)
