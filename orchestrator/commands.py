@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from alembic import command as alembic_command
 
-from orchestrator.context import EnvContext, alembic_options, contexts, path_for_display, selected_env
+from orchestrator.context import EnvContext, alembic_options, contexts, selected_env
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
 from orchestrator.executor import NOTHING, RunResult, execute, record_refusal
@@ -25,7 +25,7 @@ from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
 from orchestrator.graph import build_environment_graph, unlabelled_heads
-from orchestrator.loader import RevisionFile
+from orchestrator.loader import RevisionFile, path_for_display
 from orchestrator.plan import Step
 from orchestrator.registry import Registry, has_secret
 from orchestrator.reviews import REVIEWED, load_ledger, save_ledger
@@ -316,11 +316,10 @@ def _find_revision(ctx: EnvContext, revision: str) -> RevisionFile:
 
 def _check_rules(rules: tuple[str, ...]) -> None:
     """Refuse lint rule ids that do not exist."""
-    from orchestrator.lint import RULES
+    from orchestrator.lint import unknown_rules
 
-    unknown = [r for r in rules if r not in RULES]
-    if unknown:
-        raise ConfigError(f"unknown lint rule {', '.join(repr(r) for r in unknown)}; known rules: {', '.join(RULES)}")
+    if message := unknown_rules(rules):
+        raise ConfigError(message)
 
 
 def review_approve(registry: Registry, revision: str, reviewer: str, *, note: str | None = None,

@@ -11,9 +11,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from contextlib import contextmanager
-from typing import Any, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -136,18 +135,3 @@ def contexts(registry: Registry, names: list[str] | None = None) -> list[EnvCont
             ctx._all_files = shared
         result.append(ctx)
     return result
-
-
-def path_for_display(path: Path | str, root: Path) -> str:
-    """Return ``path`` relative to the project root where possible."""
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def describe(value: Any) -> str:
-    """Return a short text for a revision tuple."""
-    if not value:
-        return "(empty)"
-    return ", ".join(value) if isinstance(value, (tuple, list)) else str(value)

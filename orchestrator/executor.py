@@ -21,7 +21,8 @@ from alembic import command as alembic_command
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy.engine import Connection
 
-from orchestrator.context import RUN_ATTRIBUTE, EnvContext, path_for_display, selected_env
+from orchestrator.context import RUN_ATTRIBUTE, EnvContext, selected_env
+from orchestrator.loader import path_for_display
 from orchestrator.db import dialect_name, first_line, run_with_connection
 from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -162,12 +162,20 @@ def lint_revision(script: Script, dialect_name: str, severities: Mapping[str, st
     return [replace(f, severity=levels[f.rule]) for f in findings if levels[f.rule] != OFF]
 
 
+def unknown_rules(rules: Iterable[str]) -> str | None:
+    """Return the message refusing rule ids that do not exist, or None when all exist."""
+    unknown = [r for r in rules if r not in RULES]
+    if not unknown:
+        return None
+    return f"unknown lint rule {', '.join(repr(r) for r in unknown)}; known rules: {', '.join(RULES)}"
+
+
 def effective_severities(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return every rule's severity after ``overrides``, refusing unknown rules and values."""
     levels = {rule.id: rule.severity for rule in RULES.values()}
     for rule, value in (overrides or {}).items():
-        if rule not in RULES:
-            raise ValueError(f"unknown lint rule '{rule}'; known rules: {', '.join(RULES)}")
+        if message := unknown_rules([rule]):
+            raise ValueError(message)
         if value not in (ERROR, WARNING, OFF):
             raise ValueError(f"lint rule '{rule}': severity must be error, warning or off, not {value!r}")
         levels[rule] = value

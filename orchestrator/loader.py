@@ -38,10 +38,15 @@ class RevisionFile:
 
     def display_path(self, root: Path) -> str:
         """Return the path relative to ``root`` where possible."""
-        try:
-            return str(self.path.relative_to(root))
-        except ValueError:
-            return str(self.path)
+        return path_for_display(self.path, root)
+
+
+def path_for_display(path: Path | str, root: Path) -> str:
+    """Return ``path`` relative to the project root where possible."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def sha256_of(path: Path) -> str:

@@ -8,7 +8,6 @@ history and the schema never disagree on dialects with transactional DDL.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import socket
 import time
@@ -109,11 +108,6 @@ def utcnow() -> datetime:
 def join_ids(ids: Iterable[str]) -> str:
     """Return revision ids as one space-separated string, sorted."""
     return " ".join(sorted(ids))
-
-
-def split_ids(text: str | None) -> list[str]:
-    """Return the revision ids stored by :func:`join_ids`."""
-    return text.split() if text else []
 
 
 class ScriptChanged(MigrationFailed):
@@ -317,11 +311,6 @@ def _stat_key(path: Any) -> tuple[int, int]:
     """Return (size, mtime_ns): what tells a file changed without reading it."""
     st = path.stat()
     return st.st_size, st.st_mtime_ns
-
-
-def dumps_ids(ids: Iterable[str]) -> str:
-    """Return ids as a JSON list (for output)."""
-    return json.dumps(sorted(ids))
 
 
 def applied_hashes(conn: Connection, env: str, schema: str | None = None) -> dict[str, dict[str, Any]]:

@@ -336,11 +336,11 @@ def _check_lint_rules(overrides: dict[str, str] | None, loc: tuple[Any, ...], fa
     """Refuse a lint severity for a rule that does not exist."""
     if not overrides:
         return
-    from orchestrator.lint import RULES
+    from orchestrator.lint import unknown_rules
 
     for rule in overrides:
-        if rule not in RULES:
-            raise fail(f"unknown lint rule '{rule}'; known rules: {', '.join(RULES)}", *loc, rule)
+        if message := unknown_rules([rule]):
+            raise fail(message, *loc, rule)
 
 
 def _check_promotion_cycles(envs: dict[str, Environment], fail: Any) -> None:

@@ -46,11 +46,10 @@ class ApprovalEntry(BaseModel):
     @field_validator("acknowledged")
     @classmethod
     def _known_rules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from orchestrator.lint import RULES
+        from orchestrator.lint import unknown_rules
 
-        unknown = [r for r in value if r not in RULES]
-        if unknown:
-            raise ValueError(f"unknown lint rule {', '.join(repr(r) for r in unknown)}; known rules: {', '.join(RULES)}")
+        if message := unknown_rules(value):
+            raise ValueError(message)
         return value
 
 

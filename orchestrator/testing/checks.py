@@ -21,7 +21,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from orchestrator import commands
-from orchestrator.context import EnvContext, contexts, path_for_display
+from orchestrator.context import EnvContext, contexts
+from orchestrator.loader import path_for_display
 from orchestrator.db import run_with_connection
 from orchestrator.errors import OrchestratorError
 from orchestrator.executor import RunResult
