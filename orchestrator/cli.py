@@ -13,7 +13,7 @@ import logging
 import sys
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import click
@@ -38,6 +38,7 @@ class State:
     json: bool = False
     debug: bool = False
     quiet: bool = False
+    envs: list[str] = field(default_factory=list)
     _registry: Registry | None = None
 
     def registry(self) -> Registry:
@@ -89,18 +90,28 @@ class RevisionCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
-def verb(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --env/--json/--registry to a verb, merge them with the group's, and map errors to exits."""
+def verb(fn: Callable[..., Any] | None = None, *, many_envs: bool = False) -> Any:
+    """Add --env/--json/--registry to a verb, merge them with the group's, and map errors to exits.
+
+    With ``many_envs``, ``--env`` may be repeated and the verb reads ``state.envs``.
+    """
+    if fn is None:
+        return functools.partial(verb, many_envs=many_envs)
+    env_help = ("Environment; repeat for several (default: every environment)." if many_envs
+                else "Environment (default: $ALEMBIC_ENV, else default_env).")
 
     @click.option("--registry", "registry_path", metavar="PATH", help="Registry file (default envs/registry.yaml or $ORCHESTRATOR_REGISTRY).")
-    @click.option("--env", "env", metavar="NAME", help="Environment (default: $ALEMBIC_ENV, else default_env).")
+    @click.option("--env", "env", metavar="NAME", multiple=many_envs, help=env_help)
     @click.option("--json", "as_json", is_flag=True, default=False, help="Print JSON for scripts.")
     @click.pass_context
     @functools.wraps(fn)
-    def wrapper(click_ctx: click.Context, registry_path: str | None, env: str | None, as_json: bool, **kwargs: Any) -> None:
+    def wrapper(click_ctx: click.Context, registry_path: str | None, env: Any, as_json: bool, **kwargs: Any) -> None:
         state: State = click_ctx.ensure_object(State)
         state.registry_path = registry_path or state.registry_path
-        state.env = env or state.env
+        if many_envs:
+            state.envs = list(dict.fromkeys(env)) or ([state.env] if state.env else [])
+        else:
+            state.env = env or state.env
         state.json = as_json or state.json
         try:
             fn(state, **kwargs)
@@ -575,6 +586,45 @@ def ci_matrix_cmd(state: State, fmt: str, dialects: str) -> None:
         OUT.file.write("matrix=" + json.dumps(data, separators=(",", ":")) + "\n")
     else:
         print_json(OUT, data)
+
+
+@cli.command("report")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown", "html"]), default="text",
+              show_default=True, help="Output format (--json is --format json).")
+@click.option("-o", "--output", metavar="FILE", help="Write the report to FILE instead of stdout.")
+@click.option("--since", metavar="DATE", help="Only runs and steps from DATE on (YYYY-MM-DD or ISO-8601, UTC).")
+@click.option("--drift", is_flag=True, help="Also compare each environment's models with its database.")
+@click.option("--schema", "schema", is_flag=True, help="Print the JSON Schema of the json format and exit.")
+@verb(many_envs=True)
+def report_cmd(state: State, fmt: str, output: str | None, since: str | None, drift: bool, schema: bool) -> None:
+    """Audit report: revisions x environments, who applied what when, reviewers, failed/forced runs.
+
+    \b
+    Exit codes: 0 report complete; 1 an environment could not be read (the
+    report still covers the others and says why); 5 --drift found differences.
+    """
+    from orchestrator.render import render
+    from orchestrator.report import Report
+
+    if schema:
+        print_json(OUT, Report.model_json_schema())
+        return
+    fmt = "json" if state.json else fmt
+    report = commands.report(state.registry(), state.envs or None, since=since, drift=drift)
+    text = redact(render(report, fmt))
+    if output:
+        commands.write_file(output, text)
+        ERR.file.write(f"report written to {inert(output)} ({fmt})\n")
+    else:
+        OUT.file.write(text)
+        OUT.file.flush()
+    for d in report.details:
+        if not d.reachable:
+            ERR.file.write(f"error: {inert(redact(d.error or ''))}\n")
+    if any(not d.reachable for d in report.details):
+        sys.exit(EXIT_FAILURE)
+    if any(d.drift is not None and d.drift.state == "drifted" for d in report.details):
+        sys.exit(EXIT_DIFFERENCES)
 
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

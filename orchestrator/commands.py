@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from alembic import command as alembic_command
 
@@ -29,6 +30,9 @@ from orchestrator.loader import RevisionFile, path_for_display
 from orchestrator.plan import Step
 from orchestrator.registry import Registry, has_secret
 from orchestrator.reviews import REVIEWED, load_ledger, save_ledger
+
+if TYPE_CHECKING:
+    from orchestrator.report import Report
 
 StepCallback = Callable[[StepRecord], None] | None
 
@@ -293,8 +297,28 @@ def ini(ctx: EnvContext, output: str | None = None) -> str:
         lines.append(f"sqlalchemy.url = {url.render_as_string(hide_password=False).replace('%', '%%')}")
     text = "\n".join(lines) + "\n"
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        write_file(output, text)
     return text
+
+
+def write_file(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed into place)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, target)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
+
+
+def report(registry: Registry, names: list[str] | None = None, *, since: str | None = None,
+           drift: bool = False) -> "Report":
+    """Return the audit report over ``names`` (every environment if None); ``since`` is YYYY-MM-DD or ISO-8601."""
+    from orchestrator.report import build_report, parse_since
+
+    return build_report(registry, names, since=parse_since(since) if since else None, drift=drift)
 
 
 # ---------------------------------------------------------------------------- the gate's verbs
