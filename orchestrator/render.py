@@ -53,7 +53,7 @@ def _duration(ms: float | None) -> str:
 
 def _heading(report: Report) -> str:
     since = f", since {report.since}" if report.since else ""
-    return f"Audit report: {len(report.environments)} environments, generated {report.generated_at}{since}"
+    return f"Audit report: {_count(len(report.environments), 'environment')}, generated {report.generated_at}{since}"
 
 
 def _env_summary(d: EnvironmentReport) -> str:
