@@ -82,7 +82,8 @@ def history_tables(schema: str | None = None) -> tuple[sa.Table, sa.Table]:
             sa.Column("duration_ms", sa.Float),
             sa.Column("status", sa.String(16), nullable=False),
             sa.Column("error", sa.Text),
-            sa.Index("ix_orchestrator_steps_revision", "revision"),
+            # the report finds each revision's latest applying step by walking this index backwards
+            sa.Index("ix_orchestrator_steps_revision", "revision", "started_at"),
         )
         _tables[schema] = (runs, steps)
     return _tables[schema]

@@ -246,37 +246,47 @@ def environment_report(ctx: EnvContext, order: list[str], ledger: Ledger | None,
 
 
 def _read_history(conn: Connection, ctx: EnvContext, since: datetime | None) -> dict[str, Any]:
-    """Return heads, the applying step of each revision, notable runs and counts, in a few queries."""
+    """Return heads, the applying step of each applied revision, notable runs and counts."""
     heads = current_heads(conn, ctx)
     schema = ctx.env.version_table_schema
     if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
         return {"heads": heads, "applied_rows": {}, "notable": [], "runs": 0, "steps": 0}
     runs, steps = history_tables(schema)
     in_period = [runs.c.env == ctx.name] + ([runs.c.started_at >= since] if since else [])
-    counts = conn.execute(sa.select(sa.func.count(sa.distinct(runs.c.run_id)), sa.func.count(steps.c.run_id))
-                          .select_from(runs.outerjoin(steps, steps.c.run_id == runs.c.run_id))
-                          .where(*in_period)).one()
-    facts = {"heads": heads, "applied_rows": _applying_steps(conn, ctx, since),
-             "notable": _notable_runs(conn, ctx, in_period), "runs": counts[0], "steps": counts[1]}
+    run_ids = sa.select(runs.c.run_id).where(*in_period)
+    facts = {"heads": heads,
+             "applied_rows": _applying_steps(conn, ctx, sorted(applied_revisions(ctx, heads)), since),
+             "notable": _notable_runs(conn, ctx, in_period),
+             "runs": conn.execute(sa.select(sa.func.count()).select_from(runs).where(*in_period)).scalar_one(),
+             "steps": conn.execute(sa.select(sa.func.count()).select_from(steps)
+                                   .where(steps.c.run_id.in_(run_ids))).scalar_one()}
     conn.commit()
     return facts
 
 
-def _applying_steps(conn: Connection, ctx: EnvContext, since: datetime | None) -> dict[str, dict[str, Any]]:
-    """Return, per revision, the latest successful upgrade (or stamp) step and its run's operator."""
+def _applying_steps(conn: Connection, ctx: EnvContext, revisions: list[str],
+                    since: datetime | None) -> dict[str, dict[str, Any]]:
+    """Return, per applied revision, its latest successful upgrade (or stamp) step with the run's operator.
+
+    One indexed lookup per revision (``ix_orchestrator_steps_revision`` walked
+    from the newest step), so the cost follows the number of applied revisions,
+    not the length of the history.
+    """
     runs, steps = history_tables(ctx.env.version_table_schema)
-    applying = sa.and_(runs.c.env == ctx.name, steps.c.status == SUCCEEDED, steps.c.direction.in_(("up", "stamp")))
+    wanted = [runs.c.env == ctx.name, steps.c.status == SUCCEEDED, steps.c.direction.in_(("up", "stamp")),
+              steps.c.revision == sa.bindparam("rev")]
     if since is not None:
-        applying = sa.and_(applying, steps.c.started_at >= since)
-    latest = (sa.select(steps.c.revision, sa.func.max(steps.c.started_at).label("at"))
-              .join(runs, runs.c.run_id == steps.c.run_id).where(applying)
-              .group_by(steps.c.revision).subquery())
+        wanted.append(steps.c.started_at >= since)
     query = (sa.select(steps.c.revision, steps.c.started_at, steps.c.duration_ms, steps.c.run_id, steps.c.reviewer,
-                       steps.c.script_sha256, steps.c.direction, runs.c.operator)
-             .join(runs, runs.c.run_id == steps.c.run_id)
-             .join(latest, sa.and_(latest.c.revision == steps.c.revision, latest.c.at == steps.c.started_at))
-             .where(applying))
-    return {row["revision"]: dict(row) for row in conn.execute(query).mappings()}
+                       steps.c.script_sha256, runs.c.operator)
+             .join(runs, runs.c.run_id == steps.c.run_id).where(*wanted)
+             .order_by(steps.c.started_at.desc()).limit(1))
+    found = {}
+    for revision in revisions:
+        row = conn.execute(query, {"rev": revision}).mappings().first()
+        if row is not None:
+            found[revision] = dict(row)
+    return found
 
 
 def _notable_runs(conn: Connection, ctx: EnvContext, in_period: list[Any]) -> list[NotableRun]:
