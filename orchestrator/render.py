@@ -276,7 +276,7 @@ def graph_svg(report: Report) -> str:
         shapes.append("</g>")
     height = _TOP + len(order) * _ROW
     legend = " ".join(f'<tspan fill="{c}">&#9632; {_h(e)}</tspan>' for e, c in _env_colours(report).items())
-    legend_width = _LEFT + _CHAR * (44 + sum(len(e) + 3 for e in report.environments))
+    legend_width = _LEFT + _CHAR * (60 + sum(len(e) + 3 for e in report.environments))
     return (f'<svg id="graph" xmlns="http://www.w3.org/2000/svg" width="{max(widest + 20, legend_width):.0f}" height="{height + 20}" '
             f'role="img" aria-label="revision graph, environments marked at their current heads">'
             f"{''.join(shapes)}<text x=\"{_LEFT}\" y=\"{height + 8}\">environments at their heads: {legend}; "
