@@ -540,13 +540,14 @@ def import_sql(registry: Registry, directory: str | Path, into: str | Path, *, d
     warnings = []
     for env in registry.environments.values():
         if folder in env.version_locations:
+            before = build_environment_graph(env.name, env.version_locations, ctx.all_files, registry.root).heads
             try:
                 graph = build_environment_graph(env.name, env.version_locations, after, registry.root)
             except GraphError as exc:
                 raise ConfigError(f"import-sql: refused: the imported chain would break a graph: {exc}") from None
-            if planned.write and len(graph.heads) > 1:
-                warnings.append(f"environment '{env.name}' will have {len(graph.heads)} heads "
-                                f"({', '.join(graph.heads)}); pass --down-revision to chain the import onto one")
+            if len(graph.heads) > max(len(before), 1):
+                warnings.append(f"environment '{env.name}' will have {len(graph.heads)} heads instead of {len(before)} "
+                                f"({', '.join(sorted(graph.heads))}); pass --down-revision to chain the import onto one")
     write_revisions(folder, list(planned.write))
     rows = [{"revision": r.source.revision, "version": r.source.number, "file": r.source.up.name,
              "down_file": r.source.down.name if r.source.down else None, "down_revision": r.down_revision,
