@@ -7,6 +7,11 @@ comments, PostgreSQL ``$tag$`` dollar quotes and ``E'...'`` strings, and the
 honours a MySQL client ``DELIMITER`` line, and never rewrites what it keeps.
 With ``mysql`` rules, a backslash escapes the next character inside quotes
 and ``#`` starts a comment, as the MySQL server reads them.
+
+Why not sqlglot's tokenizer: its token offsets would allow cutting the text
+verbatim, but each dialect's tokenizer misreads the others' quoting (the
+PostgreSQL one splits inside backquotes, the SQLite and MySQL ones inside
+``$$`` bodies) and none knows where a trigger body ends.
 """
 from __future__ import annotations
 
