@@ -207,14 +207,35 @@ def _docstring_safe(text: str) -> str:
 
 def imported_sha256(path: Path) -> str | None:
     """Return the ``orchestrator_sql_sha256`` recorded in an existing revision script, if any."""
+    value = _assigned_constant(path, SHA_ATTRIBUTE)
+    return value if isinstance(value, str) else None
+
+
+def imported_version(path: Path) -> int | None:
+    """Return the ``orchestrator_sql_version`` (the SQL file's number) of a revision script, if it has one."""
+    value = _assigned_constant(path, VERSION_ATTRIBUTE)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def revision_for_version(all_files: dict[str, RevisionFile], number: int) -> RevisionFile | None:
+    """Return the revision imported from SQL file ``number`` (what ``PRAGMA user_version = number`` means)."""
+    found = [f for f in all_files.values() if imported_version(f.path) == number]
+    if len(found) > 1:
+        names = ", ".join(sorted(f.revision for f in found))
+        raise ConfigError(f"several revisions were imported from SQL file {number} ({names}); keep one")
+    return found[0] if found else None
+
+
+def _assigned_constant(path: Path, name: str) -> object:
+    """Return the literal a module-level ``name = ...`` assigns in a script, without importing it."""
     try:
         tree = ast.parse(path.read_bytes())
     except (OSError, SyntaxError):
         return None
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id == SHA_ATTRIBUTE and isinstance(node.value, ast.Constant)):
-            return node.value.value if isinstance(node.value.value, str) else None
+                and node.targets[0].id == name and isinstance(node.value, ast.Constant)):
+            return node.value.value
     return None
 
 

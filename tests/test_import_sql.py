@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from conftest import PROD_HEAD, Project, make_project, query, table_names
 from orchestrator.errors import ConfigError
-from orchestrator.sqlimport import VERSION_ATTRIBUTE, find_sql_files
+from orchestrator.sqlimport import VERSION_ATTRIBUTE, find_sql_files, revision_for_version
 from orchestrator.sqlsplit import SplitError, is_transaction_control, split_statements
 
 NOTE = "it''s 10:30; 100% :done"  # quotes, a colon bind look-alike, a percent and a semicolon: all verbatim
@@ -224,6 +224,8 @@ def test_legacy_database_stamped_at_three_upgrades_to_five(tmp_path: Path, db_fa
     assert project.cli("import-sql", str(folder), "--into", "versions_prod").exit_code == 0
     three = next((project.root / "versions_prod").glob("v003_*.py"))
     assert f"\n{VERSION_ATTRIBUTE} = 3\n" in three.read_text()
+    assert revision_for_version(project.ctx("main").all_files, 3).revision == "v003"  # how adopt maps user_version 3
+    assert revision_for_version(project.ctx("main").all_files, 6) is None
     assert project.cli("stamp", "v003").exit_code == 0
     upgraded = project.cli("upgrade")
     assert upgraded.exit_code == 0, upgraded.output
