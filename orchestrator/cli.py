@@ -627,6 +627,29 @@ def report_cmd(state: State, fmt: str, output: str | None, since: str | None, dr
         sys.exit(EXIT_DIFFERENCES)
 
 
+@cli.command("import-sql")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--into", "into", required=True, metavar="FOLDER", help="The version folder to write into (one the registry lists).")
+@click.option("--down-revision", metavar="REV", help="What the first imported revision builds on (default: the folder's head; `base` for none).")
+@click.option("--dialect", type=click.Choice(["sqlite", "postgresql", "mysql"]), default=None,
+              help="The files' SQL flavour; mysql: backslash escapes in quotes and # comments (default: standard SQL).")
+@verb
+def import_sql_cmd(state: State, directory: str, into: str, down_revision: str | None, dialect: str | None) -> None:
+    """Turn numbered SQL files (vNNN_description.sql, NNN_name.up.sql/.down.sql) into a chain of revisions."""
+    data = commands.import_sql(state.registry(), directory, into, down_revision=down_revision, dialect=dialect)
+    for warning in data["warnings"]:
+        ERR.file.write(f"warning: {inert(warning)}\n")
+    if state.json:
+        print_json(OUT, data)
+        return
+    for row in data["revisions"]:
+        if row["status"] == "unchanged":
+            OUT.line(f"{inert(row['revision'])}: unchanged ({inert(row['path'])})")
+            continue
+        down = "with downgrade" if row["reversible"] else "irreversible"
+        OUT.line(f"{inert(row['revision'])}: {inert(row['file'])} -> {inert(row['path'])} "
+                 f"({row['statements']} statement{'s' if row['statements'] != 1 else ''}, {down})")
+
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     """Print a library warning as one ``warning:`` line on stderr."""
     ERR.file.write(f"warning: {' '.join(str(message).split())}\n")

@@ -543,3 +543,58 @@ def ci_matrix(registry: Registry, *, dialects: tuple[str, ...] = ("sqlite", "pos
     include = [{"name": f"{env.name}-{dialect}", "env": env.name, "dialect": dialect, "protected": env.protected}
                for env in envs for dialect in dialects]
     return {"include": include}
+
+
+# ---------------------------------------------------------------------------- import-sql
+
+
+def import_sql(registry: Registry, directory: str | Path, into: str | Path, *, down_revision: str | None = None,
+               dialect: str | None = None) -> dict[str, Any]:
+    """Write one revision per numbered SQL file of ``directory`` into the version folder ``into``."""
+    from orchestrator.sqlimport import as_revision_files, find_sql_files, plan_import, target_path, write_revisions
+
+    if dialect not in (None, "sqlite", "postgresql", "mysql"):
+        raise ConfigError(f"import-sql: unknown dialect {dialect!r}; choose from sqlite, postgresql, mysql")
+    folder = _registry_folder(registry, into, "import-sql")
+    files = find_sql_files(Path(directory))
+    ctx = contexts(registry)[0]
+    planned = plan_import(files, folder, ctx.all_files, root=registry.root, down_revision=down_revision,
+                          mysql=dialect == "mysql")
+    after = {**ctx.all_files, **as_revision_files(planned)}
+    warnings = []
+    for env in registry.environments.values():
+        if folder in env.version_locations:
+            before = build_environment_graph(env.name, env.version_locations, ctx.all_files, registry.root).heads
+            try:
+                graph = build_environment_graph(env.name, env.version_locations, after, registry.root)
+            except GraphError as exc:
+                raise ConfigError(f"import-sql: refused: the imported chain would break a graph: {exc}") from None
+            if len(graph.heads) > max(len(before), 1):
+                warnings.append(f"environment '{env.name}' will have {len(graph.heads)} heads instead of {len(before)} "
+                                f"({', '.join(sorted(graph.heads))}); pass --down-revision to chain the import onto one")
+    write_revisions(folder, list(planned.write))
+    rows = [{"revision": r.source.revision, "version": r.source.number, "file": r.source.up.name,
+             "down_file": r.source.down.name if r.source.down else None, "down_revision": r.down_revision,
+             "path": path_for_display(target_path(folder, r.source), registry.root), "statements": r.statements,
+             "reversible": r.source.down is not None, "left_out": list(r.left_out), "status": "written"}
+            for r in planned.write]
+    for source in planned.unchanged:
+        found = ctx.all_files[source.revision]
+        rows.append({"revision": source.revision, "version": source.number, "file": source.up.name,
+                     "down_file": source.down.name if source.down else None,
+                     "down_revision": next(iter(found.down_revisions), None),
+                     "path": path_for_display(found.path, registry.root), "statements": None,
+                     "reversible": source.down is not None, "left_out": [], "status": "unchanged"})
+    rows.sort(key=lambda row: row["version"])
+    return {"into": path_for_display(folder, registry.root), "revisions": rows, "warnings": warnings}
+
+
+def _registry_folder(registry: Registry, folder: str | Path, verb: str) -> Path:
+    """Return ``folder`` (relative to the cwd or the project root) when it is one of the registry's version folders."""
+    known = registry.all_folders()
+    for candidate in (Path(folder).resolve(), (registry.root / folder).resolve()):
+        if candidate in known:
+            return candidate
+    names = ", ".join(path_for_display(f, registry.root) for f in known)
+    raise ConfigError(f"{verb}: '{folder}' is not a version folder of any environment in {registry.path}; "
+                      f"choose one of: {names}")

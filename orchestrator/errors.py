@@ -89,3 +89,13 @@ class DifferencesFound(OrchestratorError):
     def __init__(self, message: str, *, env: str | None = None, findings: tuple[str, ...] = ()):
         super().__init__(message, env=env)
         self.findings = findings
+
+
+class NotAtHeads(OrchestratorError):
+    """Raised at application start in ``verify`` mode when the database is not at its environment's heads."""
+
+    exit_code = EXIT_DIFFERENCES
+
+    def __init__(self, message: str, *, env: str, current: tuple[str, ...], heads: tuple[str, ...]):
+        super().__init__(message, env=env)
+        self.current, self.heads = current, heads
