@@ -650,6 +650,7 @@ def import_sql_cmd(state: State, directory: str, into: str, down_revision: str |
         OUT.line(f"{inert(row['revision'])}: {inert(row['file'])} -> {inert(row['path'])} "
                  f"({row['statements']} statement{'s' if row['statements'] != 1 else ''}, {down})")
 
+
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     """Print a library warning as one ``warning:`` line on stderr."""
     ERR.file.write(f"warning: {' '.join(str(message).split())}\n")
