@@ -166,13 +166,18 @@ def scratch_database(ctx: EnvContext) -> Iterator[URL]:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    name = SCRATCH_PREFIX + secrets.token_hex(6)
+    name = scratch_database_name()
     _admin(ctx, f"create a scratch database {name} (adopt needs the CREATE DATABASE privilege)",
            lambda conn: conn.exec_driver_sql(f"CREATE DATABASE {_quote(conn, name)}"))
     try:
         yield url.set(database=name)
     finally:
         _admin(ctx, f"drop the scratch database {name}; drop it by hand", lambda conn: _drop(conn, name))
+
+
+def scratch_database_name() -> str:
+    """Return a fresh name for a scratch database on a server."""
+    return SCRATCH_PREFIX + secrets.token_hex(6)
 
 
 def _admin(ctx: EnvContext, what: str, fn: Callable[[Connection], Any]) -> None:

@@ -25,9 +25,9 @@ def _no_outside_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ENV_SELECT_VAR, raising=False)
 
 
-def drift_project(root: Path, urls: dict[str, str], **project: object) -> Project:
+def drift_project(root: Path, urls: dict[str, str], protected: tuple[str, ...] = (), **project: object) -> Project:
     """A project whose environments see versions_prod, with the demo models as target_metadata."""
-    built = make_project(root, urls, project={"target_metadata": MODELS, **project})
+    built = make_project(root, urls, protected=protected, project={"target_metadata": MODELS, **project})
     shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     return built
 
