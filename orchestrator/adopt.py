@@ -134,7 +134,10 @@ def chosen_revision(ctx: EnvContext, revision: str, user_version: int) -> tuple[
     """Return the one revision to try (None: walk the graph) and why it was chosen."""
     if revision != AUTO:
         check_target(ctx.name, revision, ctx.script, ctx.graph)
-        found = ctx.script.get_revision(revision)
+        try:
+            found = ctx.script.get_revision(revision)
+        except Exception:  # several heads, a relative reference: not one revision
+            found = None
         if found is None:
             raise RevisionNotFound(f"environment '{ctx.name}': '{revision}' names no single revision; pass one "
                                    "revision id, or auto", env=ctx.name, revision=revision)

@@ -14,8 +14,9 @@ from alembic.runtime.migration import MigrationContext
 
 from conftest import PROD_HEAD, PROD_REVISIONS, Project, make_project, query, schema_snapshot, table_names
 from orchestrator import adopt as adopting
+from orchestrator.envpy import import_object
 from orchestrator.registry import ENV_SELECT_VAR
-from test_drift import MODELS, drift_project
+from test_drift import MODELS, drift_project, forget_models
 
 DEMO_TABLES = {"sessions", "messages", "user_profiles", "career_reports"}
 
@@ -24,10 +25,12 @@ DEMO_TABLES = {"sessions", "messages", "user_profiles", "career_reports"}
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """No outside environment selection; scratch SQLite files go to a folder of this test's own."""
     monkeypatch.delenv(ENV_SELECT_VAR, raising=False)
+    forget_models()
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     yield scratch
+    forget_models()
     assert list(scratch.iterdir()) == [], "adopt left a scratch SQLite folder behind"
 
 
@@ -35,11 +38,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
 def legacy(tmp_path: Path, db_factory: Callable[[], str]) -> Project:
     """prod (protected, seeing versions_prod) on a database built by create_all from the demo models."""
     project = drift_project(tmp_path / "project", {"prod": db_factory()}, protected=("prod",))
-    from examples.ican.models import Base
-
     engine = project.engine("prod")
     try:
-        Base.metadata.create_all(engine)
+        import_object(MODELS, project.registry()).create_all(engine)
     finally:
         engine.dispose()
     return project
@@ -154,6 +155,12 @@ def test_an_unknown_revision_is_a_usage_error(legacy: Project) -> None:
     assert result.stderr == ("error: environment 'prod': unknown revision 'nosuchrev'; "
                              "see `orchestrator history --env prod` for the revisions it sees\n")
     assert table_names(legacy.urls["prod"]) == DEMO_TABLES
+
+
+def test_base_is_not_a_revision_to_adopt(legacy: Project) -> None:
+    result = legacy.cli("adopt", "--env", "prod", "--revision", "base")
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == "error: environment 'prod': 'base' names no single revision; pass one revision id, or auto\n"
 
 
 # ---------------------------------------------------------------------------- SQLite PRAGMA user_version

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -21,8 +22,17 @@ UNREACHABLE_PG = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_time
 
 
 @pytest.fixture(autouse=True)
-def _no_outside_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_outside_selection(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(ENV_SELECT_VAR, raising=False)
+    forget_models()
+    yield
+    forget_models()
+
+
+def forget_models() -> None:
+    """Drop the demo models from sys.modules: each project imports its own copy (other tests edit theirs)."""
+    for name in [m for m in sys.modules if m == "examples" or m.startswith("examples.")]:
+        del sys.modules[name]
 
 
 def drift_project(root: Path, urls: dict[str, str], protected: tuple[str, ...] = (), **project: object) -> Project:
