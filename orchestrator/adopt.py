@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError
 
-from orchestrator.context import EnvContext
+from orchestrator.context import RUN_ATTRIBUTE, EnvContext
 from orchestrator.db import dialect_name, first_line, run_with_connection
 from orchestrator.drift import Difference, Schema, compare_schemas, reflect_schema
 from orchestrator.errors import ConfigError, DatabaseError, DifferencesFound, OrchestratorError, RevisionNotFound
@@ -266,8 +266,6 @@ def stamp_adopted(ctx: EnvContext, match: Candidate, *, lock_timeout: float = DE
         _recheck(conn, ctx, match)
         cfg = ctx.config()
         cfg.attributes["connection"] = conn
-        from orchestrator.context import RUN_ATTRIBUTE
-
         cfg.attributes[RUN_ATTRIBUTE] = recorder
         run_alembic(ctx, cfg, "stamp", target)
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator.context import EnvContext
-from orchestrator.db import dialect_name, first_line, run_with_connection
+from orchestrator.db import first_line, run_with_connection
 from orchestrator.errors import ConfigError, DatabaseError, OrchestratorError
 from orchestrator.recorder import HISTORY_TABLES
 
@@ -423,7 +423,3 @@ def env_drift(ctx: EnvContext) -> dict[str, Any]:
     return {"state": DRIFTED if differences else CLEAN, "differences": [d.to_dict() for d in differences],
             "error": None, "reason": None}
 
-
-def schema_dialect(ctx: EnvContext) -> str:
-    """Return the dialect family of an environment's URL."""
-    return dialect_name(ctx.url)
