@@ -651,6 +651,104 @@ def import_sql_cmd(state: State, directory: str, into: str, down_revision: str |
                  f"({row['statements']} statement{'s' if row['statements'] != 1 else ''}, {down})")
 
 
+# ---------------------------------------------------------------------------- drift and adopt
+
+
+def show_differences(prefix: str, differences: list[dict[str, Any]]) -> None:
+    """Print one line per difference."""
+    for d in differences:
+        OUT.line(f"{prefix}{inert(d['detail'])}")
+
+
+@cli.command("check")
+@verb
+def check_cmd(state: State) -> None:
+    """Compare the models (target_metadata) with the environment's database; exit 5 listing each difference.
+
+    \b
+    Uses Alembic's autogenerate comparison; the history tables, the version
+    table and the registry's exclude_tables are left out.
+    """
+    data = commands.check(state.context())
+    if state.json:
+        print_json(OUT, data)
+    elif data["differences"]:
+        show_differences(f"{inert(data['env'])}: ", data["differences"])
+        count = len(data["differences"])
+        OUT.line(f"{inert(data['env'])}: {count} difference{'s' if count != 1 else ''} between the database and "
+                 f"the models ({inert(data['target_metadata'])})")
+    else:
+        OUT.line(f"{inert(data['env'])}: no drift: the database matches the models ({inert(data['target_metadata'])})")
+    if data["differences"]:
+        sys.exit(EXIT_DIFFERENCES)
+
+
+@cli.command("diff")
+@click.argument("env_a", metavar="ENV_A")
+@click.argument("env_b", metavar="ENV_B")
+@verb
+def diff_cmd(state: State, env_a: str, env_b: str) -> None:
+    """Compare the live schemas of two environments; exit 5 listing each difference.
+
+    \b
+    Tables, columns, types, nullability, server defaults, primary keys,
+    indexes, unique and foreign keys, by reflection. Across dialects types are
+    compared by family (integer, string(n), text, datetime, json, ...) and
+    server defaults are not compared; a note says so.
+    """
+    data = commands.diff(state.registry(), env_a, env_b)
+    if state.json:
+        print_json(OUT, data)
+    else:
+        show_differences("", data["differences"])
+        for note in data["notes"]:
+            OUT.line(f"note: {inert(note)}")
+        count = len(data["differences"])
+        if count:
+            OUT.line(f"{inert(env_a)} and {inert(env_b)}: {count} difference{'s' if count != 1 else ''}")
+        else:
+            OUT.line(f"{inert(env_a)} and {inert(env_b)}: no differences")
+    if data["differences"]:
+        sys.exit(EXIT_DIFFERENCES)
+
+
+@cli.command("adopt")
+@click.option("--revision", "revision", required=True, metavar="REV|auto",
+              help="The revision the database is believed to be at, or auto: the newest whose schema matches.")
+@lock_timeout_option
+@verb
+def adopt_cmd(state: State, revision: str, lock_timeout: float) -> None:
+    """Stamp a database that has tables but no version table, if its schema is exactly REV's.
+
+    \b
+    REV's schema is built in a scratch database of the same dialect (a
+    temporary SQLite file, or a database created on the same server and
+    always dropped) and compared with the live one by reflection. A match is
+    stamped under the lock and recorded as an `adopt` run (allowed on
+    protected environments: nothing but the version table is written). Any
+    difference is listed, nothing is written, exit 5. With auto on a SQLite
+    database whose PRAGMA user_version is N, the revision carrying
+    `orchestrator_sql_version = N` (from import-sql) is the one tried.
+    """
+    ctx = state.context()
+    data = commands.adopt(ctx, revision, lock_timeout=lock_timeout)
+    if state.json:
+        print_json(OUT, data)
+    elif data["status"] == "adopted":
+        how = {"given": "", "auto": " (the newest revision whose schema matches)"}.get(
+            data["chosen_by"], f" (chosen by {data['chosen_by']})")
+        OUT.line(f"{inert(ctx.name)}: adopted at {inert(data['revision'])}{how}: the database has exactly its schema; "
+                 f"stamped (run {data['run']['run_id'][:12]})")
+    else:
+        show_differences(f"{inert(ctx.name)}: ", data["differences"])
+        closest = "" if data["chosen_by"] != "auto" else " (the closest of the revisions tried)"
+        count = len(data["differences"])
+        OUT.line(f"{inert(ctx.name)}: not adopted: the database differs from revision {inert(data['revision'])}"
+                 f"{closest} in {count} place{'s' if count != 1 else ''}; nothing written")
+    if data["status"] != "adopted":
+        sys.exit(EXIT_DIFFERENCES)
+
+
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     """Print a library warning as one ``warning:`` line on stderr."""
     ERR.file.write(f"warning: {' '.join(str(message).split())}\n")

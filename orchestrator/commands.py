@@ -598,3 +598,37 @@ def _registry_folder(registry: Registry, folder: str | Path, verb: str) -> Path:
     names = ", ".join(path_for_display(f, registry.root) for f in known)
     raise ConfigError(f"{verb}: '{folder}' is not a version folder of any environment in {registry.path}; "
                       f"choose one of: {names}")
+
+
+# ---------------------------------------------------------------------------- drift and adopt
+
+
+def check(ctx: EnvContext) -> dict[str, Any]:
+    """Return what separates the environment's models (``target_metadata``) from its database."""
+    from orchestrator.drift import model_differences
+
+    differences = model_differences(ctx)
+    return {"env": ctx.name, "target_metadata": ctx.env.target_metadata,
+            "state": "drifted" if differences else "clean", "differences": [d.to_dict() for d in differences]}
+
+
+def diff(registry: Registry, env_a: str, env_b: str) -> dict[str, Any]:
+    """Return what separates the live schemas of two environments (tables, columns, types, keys, indexes)."""
+    from orchestrator.drift import comparison_notes, compare_schemas, environment_schema, types_comparable
+
+    ctx_a, ctx_b = contexts(registry, [env_a, env_b]) if env_a != env_b else contexts(registry, [env_a]) * 2
+    a, b = environment_schema(ctx_a), environment_schema(ctx_b)
+    comparable = types_comparable(a, b)
+    names = (env_a, env_b)
+    differences = compare_schemas(a, b, names=names, types_comparable=comparable)
+    return {"env_a": env_a, "env_b": env_b, "dialects": {env_a: a.dialect, env_b: b.dialect},
+            "types": "exact" if a.dialect == b.dialect else ("by family" if comparable else "not compared"),
+            "notes": comparison_notes(a, b, names=names, types_comparable=comparable),
+            "differences": [d.to_dict() for d in differences]}
+
+
+def adopt(ctx: EnvContext, revision: str = "auto", *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict[str, Any]:
+    """Stamp ``revision`` (``auto``: the newest whose schema matches) on a database that has tables but no version."""
+    from orchestrator import adopt as adopting
+
+    return adopting.adopt(ctx, revision, lock_timeout=lock_timeout)

@@ -109,22 +109,27 @@ def lock_scope(ctx: EnvContext) -> str:
 def run_locked(conn: Connection, ctx: EnvContext, command: str, target: Target,
                invoke: Callable[[Connection, Recorder], None], *, lock_timeout: float,
                forced_reason: str | None = None, force: bool = False,
-               on_step: Callable[[StepRecord], None] | None = None, gate: Gate = default_gate) -> RunResult:
-    """Take the lock on ``conn``, then plan, gate, apply through ``invoke`` and record."""
+               on_step: Callable[[StepRecord], None] | None = None, gate: Gate = default_gate,
+               record_as: str | None = None) -> RunResult:
+    """Take the lock on ``conn``, then plan, gate, apply through ``invoke`` and record.
+
+    ``record_as`` names the run in the history when it differs from the Alembic verb (``adopt`` stamps).
+    """
     schema = ctx.env.version_table_schema
     lock = lock_for(conn, ctx.url, lock_scope(ctx))
     acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
     ctx.reload()  # judge the scripts as they are now that no one else runs, not as they were before the wait
     try:
         return _apply(conn, ctx, command, target, invoke, forced_reason=forced_reason, force=force,
-                      on_step=on_step, gate=gate, abandon=lock.abandon)
+                      on_step=on_step, gate=gate, abandon=lock.abandon, record_as=record_as or command)
     finally:
         _release(lock, conn)
 
 
 def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
            invoke: Callable[[Connection, Recorder], None], *, forced_reason: str | None, force: bool,
-           on_step: Callable[[StepRecord], None] | None, gate: Gate, abandon: Callable[[], None]) -> RunResult:
+           on_step: Callable[[StepRecord], None] | None, gate: Gate, abandon: Callable[[], None],
+           record_as: str) -> RunResult:
     """Plan, gate, run and record, with the lock held."""
     recorder = Recorder(conn, ctx.name, ctx.env.version_table_schema, on_step=on_step)
     heads = current_heads(conn, ctx)
@@ -133,14 +138,14 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     recorder.mark_interrupted(heads)
     conn.commit()
     if plan.empty:
-        return RunResult(ctx.name, command, plan.target, NOTHING, plan, heads)
+        return RunResult(ctx.name, record_as, plan.target, NOTHING, plan, heads)
     forced_reason = forced_reason if force else None
     reasons = gate(plan, ctx, conn, force=force, reason=forced_reason)
     if reasons:
-        refuse(recorder, command, plan.target, heads, reasons, fingerprint=plan.fingerprint, forced_reason=forced_reason)
+        refuse(recorder, record_as, plan.target, heads, reasons, fingerprint=plan.fingerprint, forced_reason=forced_reason)
     recorder.reviewers = approved_by(ctx, plan)
     recorder.expected = {s.revision: ctx.graph.revisions[s.revision] for s in plan.steps if s.revision in ctx.graph.revisions}
-    recorder.start_run(command=command, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
+    recorder.start_run(command=record_as, target=plan.target, heads_before=heads, fingerprint=plan.fingerprint,
                        forced_reason=forced_reason)
     conn.commit()
     try:
@@ -153,7 +158,7 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     heads_after = current_heads(conn, ctx)
     recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)
     conn.commit()
-    return RunResult(ctx.name, command, plan.target, SUCCEEDED, plan, heads_after, recorder.run_id, recorder.steps)
+    return RunResult(ctx.name, record_as, plan.target, SUCCEEDED, plan, heads_after, recorder.run_id, recorder.steps)
 
 
 def refuse(recorder: Recorder, command: str, target: str, heads: tuple[str, ...], reasons: list[str], *,

@@ -79,7 +79,8 @@ def _run_line(r: NotableRun) -> str:
 def _drift_text(d: EnvironmentReport) -> list[str]:
     if d.drift is None:
         return []
-    lines = [f"drift: {d.drift.state}" + (f": {d.drift.error}" if d.drift.error else "")]
+    why = d.drift.error or d.drift.reason
+    lines = [f"drift: {d.drift.state.replace('_', ' ')}" + (f" ({why})" if why else "")]
     lines += [f"  {diff.get('detail', diff)}" for diff in d.drift.differences]
     return lines
 

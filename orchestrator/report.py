@@ -110,9 +110,10 @@ class NotableRun(_Model):
 class Drift(_Model):
     """Models against the live database (only with --drift)."""
 
-    state: Literal["clean", "drifted", "no_models", "unreachable"]
-    differences: list[dict[str, Any]]
-    error: Optional[str] = None
+    state: Literal["clean", "drifted", "no_models", "unreachable", "error"]
+    differences: list[dict[str, Any]] = Field(description="{kind, object, detail} each, as `check --json` gives them")
+    error: Optional[str] = Field(None, description="why the comparison could not run (unreachable, error)")
+    reason: Optional[str] = Field(None, description="why there is nothing to compare (no_models)")
 
 
 class EnvironmentReport(_Model):
@@ -362,7 +363,8 @@ def _drift(ctx: EnvContext) -> Drift:
     from orchestrator.drift import env_drift
 
     if database_missing(ctx):
-        return Drift(state="unreachable", differences=[], error=f"database file {ctx.url.database} does not exist")
+        return Drift(state="unreachable", differences=[], error=f"environment '{ctx.name}': database file "
+                     f"{ctx.url.database} does not exist")
     try:
         return Drift(**env_drift(ctx))
     except OrchestratorError as exc:
