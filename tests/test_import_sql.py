@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
 from pathlib import Path
 from typing import Callable
@@ -419,3 +420,29 @@ def test_bad_sql_is_one_line_and_writes_nothing(offline: Project, tmp_path: Path
         "error: v002_b.sql:1: unterminated string '...; the file cannot be split into statements safely: fix it\n"))
     assert not list((offline.root / "versions_prod").glob("*.py"))
     assert json.loads(offline.run("--json", "history").stdout) == {"env": "main", "revisions": []}
+
+
+def test_imported_then_adopted_at_user_version_three_then_upgraded_to_five(tmp_path: Path) -> None:
+    """The issue's scenario: five files, a SQLite database at user_version 3: imported, adopted at 3, upgraded to 5."""
+    folder = write_sql(tmp_path / "sql", FIVE)
+    database = tmp_path / "legacy.db"
+    legacy = sqlite3.connect(database)  # the legacy runner: files 1 to 3 applied, PRAGMA user_version = 3
+    for source in find_sql_files(folder)[:3]:
+        legacy.executescript(source.up.read_text())
+    legacy.execute("PRAGMA user_version = 3")
+    legacy.commit()
+    legacy.close()
+    project = empty_project(tmp_path / "project", f"sqlite:///{database}")
+    assert project.cli("import-sql", str(folder), "--into", "versions_prod").exit_code == 0
+    adopted = project.cli("adopt", "--revision", "auto")
+    assert adopted.exit_code == 0, adopted.output
+    assert query(f"sqlite:///{database}", "SELECT version_num FROM alembic_version") == [("v003",)]
+    upgraded = project.cli("upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert upgraded.stdout.startswith("main: upgraded v003 -> v005 (2 steps, run ")
+    url = f"sqlite:///{database}"
+    assert query(url, "SELECT command, status, heads_before, heads_after FROM orchestrator_runs ORDER BY started_at") == [
+        ("adopt", "succeeded", "", "v003"), ("upgrade", "succeeded", "v003", "v005")]
+    assert query(url, "SELECT revision, direction FROM orchestrator_steps ORDER BY started_at, seq") == [
+        ("v003", "stamp"), ("v004", "up"), ("v005", "up")]
+    assert query(url, "SELECT name, email FROM users ORDER BY id") == [("ada", "ada@example.org"), ("bob", None)]

@@ -253,3 +253,28 @@ def test_report_output_file_and_schema(single: Project, tmp_path: Path) -> None:
     schema = json.loads(single.cli("report", "--schema").stdout)
     assert schema["properties"]["schema_version"]["const"] == 1
     assert {"matrix", "details", "revisions"} <= set(schema["required"])
+
+
+def test_drift_shows_each_environments_state(tmp_path: Path, db_factory) -> None:
+    from test_drift import add_archived_at, alter, drift_project
+
+    urls = {"dev": db_factory(), "staging": db_factory(), "prod": db_factory()}
+    project = drift_project(tmp_path / "project", urls)
+    data = project.registry_path.read_text().replace("  dev:\n", "  dev:\n    compare_models: false\n")
+    project.registry_path.write_text(data)
+    for env in urls:
+        assert project.cli("-q", "upgrade", "--env", env).exit_code == 0
+    alter(urls["staging"], add_archived_at)
+    result = project.run("report", "--format", "json", "--drift")  # a process of its own: it imports the models
+    assert result.returncode == 5, result.stderr
+    drift = {d["env"]: d["drift"] for d in json.loads(result.stdout)["details"]}
+    assert drift["staging"] == {"state": "drifted", "error": None, "reason": None, "differences": [
+        {"kind": "column", "object": "messages.archived_at",
+         "detail": "column messages.archived_at is in the database, not in the models"}]}
+    assert drift["prod"] == {"state": "clean", "differences": [], "error": None, "reason": None}
+    assert drift["dev"] == {"state": "no_models", "differences": [], "error": None,
+                            "reason": "compare_models is false for it in the registry"}
+    text = project.run("report", "--drift", "--env", "staging").stdout
+    assert "  drift: drifted\n    column messages.archived_at is in the database, not in the models\n" in text
+    assert project.run("report", "--env", "prod", "--drift").returncode == 0
+    assert json.loads(project.run("report", "--json").stdout)["details"][0]["drift"] is None
