@@ -84,8 +84,11 @@ class RevisionCommand(click.Command):
     """A verb whose revision argument may be relative (``-1``, ``+2``), as in Alembic."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" not in args and any(_RELATIVE.fullmatch(a) for a in args):
-            args = [a for a in args if not _RELATIVE.fullmatch(a)] + ["--"] + [a for a in args if _RELATIVE.fullmatch(a)]
+        # an option's value (``--lock-timeout -1``) stays with its option; only a free ``-1`` is a revision
+        valued = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        relative = [i for i, a in enumerate(args) if _RELATIVE.fullmatch(a) and not (i and args[i - 1] in valued)]
+        if "--" not in args and relative:
+            args = [a for i, a in enumerate(args) if i not in relative] + ["--"] + [args[i] for i in relative]
         return super().parse_args(ctx, args)
 
 

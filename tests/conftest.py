@@ -73,7 +73,7 @@ class Project:
         """Run the CLI in-process and return click's result (stdout and stderr apart)."""
         from orchestrator.cli import cli
 
-        return CliRunner().invoke(cli, ["--registry", str(self.registry_path), *args],
+        return CliRunner().invoke(cli, ["--registry", str(self.registry_path), *args], prog_name="orchestrator",
                                   env={**self.environ, **(env or {})}, catch_exceptions=False)
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
