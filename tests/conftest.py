@@ -246,8 +246,11 @@ def reliability_figures(stats: dict[str, list[Any]]) -> str | None:
     runners = max((dict(r.user_properties).get("runners", 0) for r in held), default=0)
     dialects = len({dict(r.user_properties).get("dialect") for r in held})
     bad_cases = {dict(r.user_properties).get("case", r.nodeid) for r in passed("bad_input")}
-    leaks = [r for r in reports if "secret_leak" in r.keywords and r.failed]
+    leak_reports = [r for r in reports if "secret_leak" in r.keywords]
+    leaks = sum(sum(v for k, v in r.user_properties if k == "leaks") for r in leak_reports)
+    checked = sum(sum(v for k, v in r.user_properties if k == "outputs_checked") for r in leak_reports)
     failed = [r for r in reports if r.failed]
     return (f"runners held: {runners} processes x {dialects} dialects, faults survived: {len(passed('reliability_fault'))}, "
-            f"bad inputs tried: {len(bad_cases)} ({len(passed('bad_input'))} runs), leaks found: {len(leaks)}, "
+            f"bad inputs tried: {len(bad_cases)} ({len(passed('bad_input'))} runs), "
+            f"leaks found: {leaks} (in {checked} outputs of {len(leak_reports)} tests), "
             f"reliability tests failed: {len(failed)}")
