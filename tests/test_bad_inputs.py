@@ -292,6 +292,12 @@ CASES = [
          "environment 'prod': cannot downgrade to d0c6e2a4f853: it is not below the current heads "
          "(b5f8a1c3e742); use `orchestrator upgrade d0c6e2a4f853` to go forward",
          database=True),
+    Case("downgrade-past-base", ("downgrade", "-9"),
+         f"environment 'main': cannot downgrade -9 from the current heads ({PROD_HEAD}): there are not that many "
+         "revisions below them; see `orchestrator history --env main`", database=True),
+    Case("upgrade-past-the-heads", ("upgrade", "+2"),
+         "environment 'main': cannot resolve revision '+2': Relative revision +2 didn't produce 2 migrations; "
+         "see `orchestrator history --env main` for the revisions it sees", database=True),
     Case("unknown-revision-in-database", ("upgrade",),
          "environment 'main': the database is at revision 90057000dead, but no version folder holds it; check "
          "that the URL points at the right database, or restore the missing script",
