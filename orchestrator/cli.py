@@ -25,7 +25,7 @@ from orchestrator.errors import EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_REFUSED, EX
 from orchestrator.executor import NOTHING, RunResult
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.output import consoles, ids, inert, print_json, table
-from orchestrator.redact import RedactingFilter, redact
+from orchestrator.redact import RedactingFilter
 from orchestrator.registry import Registry, load_registry
 
 
@@ -70,13 +70,13 @@ class OrchestratorGroup(click.Group):
             sys.exit(EXIT_USAGE)
         except click.UsageError as exc:
             where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
-            ERR.file.write(f"error: {redact(exc.format_message().rstrip('.'))}{where}\n")
+            ERR.file.write(f"error: {inert(exc.format_message().rstrip('.'))}{where}\n")
             sys.exit(EXIT_USAGE)
         except click.Abort:
             ERR.file.write("error: aborted\n")
             sys.exit(EXIT_FAILURE)
         except click.ClickException as exc:
-            ERR.file.write(f"error: {redact(exc.format_message())}\n")
+            ERR.file.write(f"error: {inert(exc.format_message())}\n")
             sys.exit(exc.exit_code)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -85,8 +85,11 @@ class RevisionCommand(click.Command):
     """A verb whose revision argument may be relative (``-1``, ``+2``), as in Alembic."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" not in args and any(_RELATIVE.fullmatch(a) for a in args):
-            args = [a for a in args if not _RELATIVE.fullmatch(a)] + ["--"] + [a for a in args if _RELATIVE.fullmatch(a)]
+        # an option's value (``--lock-timeout -1``) stays with its option; only a free ``-1`` is a revision
+        valued = {o for p in self.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+        relative = [i for i, a in enumerate(args) if _RELATIVE.fullmatch(a) and not (i and args[i - 1] in valued)]
+        if "--" not in args and relative:
+            args = [a for i, a in enumerate(args) if i not in relative] + ["--"] + [args[i] for i in relative]
         return super().parse_args(ctx, args)
 
 
@@ -125,7 +128,7 @@ def verb(fn: Callable[..., Any] | None = None, *, many_envs: bool = False) -> An
             raise
         except Exception as exc:  # a bug or an unexpected library error: still one line
             if state.debug:
-                ERR.file.write(redact(traceback.format_exc()))
+                ERR.file.write(inert(traceback.format_exc()))
             fail(state, f"internal error: {exc.__class__.__name__}: {first_line(exc)}; rerun with --debug for the traceback",
                  EXIT_FAILURE)
 
@@ -135,8 +138,8 @@ def verb(fn: Callable[..., Any] | None = None, *, many_envs: bool = False) -> An
 def fail(state: State, message: str, code: int) -> None:
     """Print the error on stderr (a traceback only with --debug) and exit with ``code``."""
     if state.debug and sys.exc_info()[0] is not None:
-        ERR.file.write(redact(traceback.format_exc()))
-    ERR.file.write(f"error: {redact(message)}\n")
+        ERR.file.write(inert(traceback.format_exc()))
+    ERR.file.write(f"error: {inert(message)}\n")  # (the text may quote a script's exception: no escapes pass)
     ERR.file.flush()
     sys.exit(code)
 
@@ -751,7 +754,7 @@ def adopt_cmd(state: State, revision: str, lock_timeout: float) -> None:
 
 def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     """Print a library warning as one ``warning:`` line on stderr."""
-    ERR.file.write(f"warning: {' '.join(str(message).split())}\n")
+    ERR.file.write(f"warning: {inert(' '.join(str(message).split()))}\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -197,6 +197,8 @@ def revision(ctx: EnvContext, message: str, *, autogenerate: bool = False, head:
     except OrchestratorError:
         raise
     except Exception as exc:
+        if isinstance(exc.__cause__, OrchestratorError):  # env.py's own error (e.g. the database is down), as is
+            raise exc.__cause__ from None
         raise ConfigError(f"environment '{ctx.name}': cannot create revision: {first_line(exc)}") from None
     scripts = script if isinstance(script, list) else [script]
     return {"env": ctx.name, "revisions": [

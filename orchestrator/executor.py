@@ -14,16 +14,19 @@ The sequence for every run that changes a database:
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from alembic import command as alembic_command
 from alembic.runtime.environment import EnvironmentContext
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, selected_env
 from orchestrator.loader import path_for_display
-from orchestrator.db import dialect_name, first_line, run_with_connection
+from orchestrator.db import first_line, run_with_connection
 from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
@@ -149,7 +152,7 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
                        forced_reason=forced_reason)
     conn.commit()
     try:
-        with selected_env(ctx.name):
+        with selected_env(ctx.name), _watching_statements(conn, recorder):
             invoke(conn, recorder)
     except BaseException as exc:
         if not isinstance(exc, Exception):
@@ -211,14 +214,16 @@ def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Rec
     failed = plan.steps[len(recorder.steps)] if recorder.migrations_started and len(recorder.steps) < len(plan.steps) else None
     interrupted = not isinstance(exc, Exception)
     detail = "interrupted" if interrupted else first_line(exc)
+    committed = committed_statements(recorder.statements, ctx.env.version_table) if failed is not None else []
+    recorded = f"{detail}; committed before the failure: {'; '.join(committed)}" if committed else detail
     try:
         conn.rollback()
         if failed is not None:
             recorder.record_step(revision=failed.revision, down_revisions=failed.down_revisions,
                                  direction=failed.direction, sha256=failed.sha256,
-                                 status=INTERRUPTED if interrupted else FAILED, error=detail)
+                                 status=INTERRUPTED if interrupted else FAILED, error=recorded)
         heads_after = current_heads(conn, ctx)
-        recorder.finish_run(status=INTERRUPTED if interrupted else FAILED, heads_after=heads_after, error=detail)
+        recorder.finish_run(status=INTERRUPTED if interrupted else FAILED, heads_after=heads_after, error=recorded)
         conn.commit()
     except Exception as record_exc:
         if interrupted:
@@ -229,23 +234,63 @@ def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Rec
             "the run will show as interrupted once the next run takes the lock", env=ctx.name)
     if interrupted or isinstance(exc, OrchestratorError):
         return exc
-    return MigrationFailed(_failure_message(ctx, failed, detail, heads_after), env=ctx.name,
+    return MigrationFailed(_failure_message(ctx, failed, detail, heads_after, committed), env=ctx.name,
                            revision=failed.revision if failed else None)
 
 
-def _failure_message(ctx: EnvContext, failed: Any, detail: str, heads_after: tuple[str, ...]) -> str:
-    """Say which revision failed, why, and where the database was left."""
+def _failure_message(ctx: EnvContext, failed: Any, detail: str, heads_after: tuple[str, ...],
+                     committed: list[str]) -> str:
+    """Say which revision failed, why, and where the database was left (and what of it stayed, on MySQL)."""
     at = ", ".join(heads_after) or "base"
     if failed is None:
         return f"environment '{ctx.name}': migration run failed before any revision ran: {detail}; the database is at {at}"
     where = path_for_display(failed.path, ctx.registry.root)
-    if dialect_name(ctx.url) == "mysql":
-        state = (f"the database is at {at}; MySQL/MariaDB commit DDL as it runs, so statements of {failed.revision} "
-                 "before the failure may remain: inspect the schema before rerunning")
+    if committed:
+        count, them = (f"{len(committed)} statements", "them") if len(committed) > 1 else ("1 statement", "it")
+        state = (f"the database is at {at}, but MySQL/MariaDB committed {count} of {failed.revision} before the failure "
+                 f"(DDL is not transactional there): {'; '.join(committed)}; undo {them} (or make the script skip "
+                 f"{them}) before rerunning")
     else:
         state = f"rolled back; the database is at {at}"
     return (f"environment '{ctx.name}': revision {failed.revision} ({where}) failed: {detail}; {state}; "
             f"see `orchestrator runs --env {ctx.name}`")
+
+
+@contextmanager
+def _watching_statements(conn: Connection, recorder: Recorder) -> Iterator[None]:
+    """On MySQL/MariaDB, keep the statements each step has run, to tell which stayed committed if it fails."""
+    if conn.dialect.name != "mysql":
+        yield
+        return
+
+    def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        recorder.statements.append(statement)
+
+    event.listen(conn, "after_cursor_execute", executed)
+    try:
+        yield
+    finally:
+        event.remove(conn, "after_cursor_execute", executed)
+
+
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.I)
+_WRITES = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE|INSERT|UPDATE|DELETE|REPLACE)\b", re.I)
+
+
+def committed_statements(statements: list[str], version_table: str) -> list[str]:
+    """Return, shortened, the writes a MySQL step made up to its last DDL (each DDL commits all before it)."""
+    ours = re.compile(rf"\b({re.escape(version_table)}|orchestrator_runs|orchestrator_steps)\b", re.I)
+    writes = [s for s in statements if _WRITES.match(s) and not ours.search(s)]
+    last_ddl = max((i for i, s in enumerate(writes) if _DDL.match(s)), default=-1)
+    return [_shorten(s) for s in writes[:last_ddl + 1]]
+
+
+def _shorten(statement: str) -> str:
+    """Return a statement on one line, a CREATE TABLE without its column list, at most 100 characters."""
+    text = " ".join(statement.split())
+    if re.match(r"CREATE TABLE\b", text, re.I) and " (" in text:
+        text = text[:text.index(" (")]
+    return text if len(text) <= 100 else text[:99] + "…"
 
 
 def _release(lock: Any, conn: Connection) -> None:

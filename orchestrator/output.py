@@ -73,5 +73,5 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 
 def ids(values: Iterable[str] | None) -> str:
     """Return revision ids for a table cell."""
-    values = list(values or [])
+    values = [inert(v) for v in values or []]  # (a version table may hold anything)
     return ", ".join(values) if values else "(none)"

@@ -136,6 +136,7 @@ def check_target(env: str, target: str | tuple[str, ...], script: ScriptDirector
 
 
 _RELATIVE = re.compile(r"(^|@)[+-]\d+$|^(base|heads?)$")
+_STEPS = re.compile(r"(^|@)[+-]\d+$")
 
 
 def unusable_target(env: str, command: str, target: str | tuple[str, ...], heads: tuple[str, ...] | None,
@@ -155,6 +156,11 @@ def unusable_target(env: str, command: str, target: str | tuple[str, ...], heads
             pass
         else:
             at = ", ".join(heads) or "base"
+            if _STEPS.search(text):
+                return RevisionNotFound(
+                    f"environment '{env}': cannot {command} {text} from the current heads ({at}): there are not that "
+                    f"many revisions {'below' if command == 'downgrade' else 'above'} them; "
+                    f"see `orchestrator history --env {env}`", env=env, revision=text)
             if command == "downgrade":
                 return RevisionNotFound(
                     f"environment '{env}': cannot downgrade to {text}: it is not below the current heads ({at}); "

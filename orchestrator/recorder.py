@@ -144,6 +144,7 @@ class Recorder:
     reviewers: dict[str, str] = field(default_factory=dict)
     expected: dict[str, Any] = field(default_factory=dict)  # each step's RevisionFile as the gate judged it
     migrations_started: bool = False
+    statements: list[str] = field(default_factory=list)  # of the current step (filled where DDL is not transactional)
     _step_clock: float = 0.0
     _step_started: datetime | None = None
 
@@ -192,6 +193,7 @@ class Recorder:
     def begin_steps(self) -> None:
         """Start the clock of the first step (env.py calls this right before Alembic runs steps)."""
         self.migrations_started = True
+        self.statements.clear()
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
 
@@ -233,6 +235,7 @@ class Recorder:
             "duration_ms": record.duration_ms, "status": record.status, "error": record.error,
         })
         self.steps.append(record)
+        self.statements.clear()
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
         if self.on_step is not None:

@@ -248,6 +248,8 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> Registry:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RegistryError("registry file not found; pass --registry or set ORCHESTRATOR_REGISTRY", file=label) from None
+    except IsADirectoryError:
+        raise RegistryError("is a folder, not a registry file; pass --registry FILE", file=label) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RegistryError(f"cannot read registry: {exc.__class__.__name__}: {exc}", file=label) from None
     data, lines = parse_yaml(text, label)
@@ -277,6 +279,9 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
             )
         folders = tuple(_abs(root, p) for p in sec.version_locations)
         for i, folder in enumerate(folders):
+            if folder.exists() and not folder.is_dir():
+                raise fail(f"version folder {sec.version_locations[i]!r} is a file, not a folder ({folder})",
+                           "environments", name, "version_locations", i)
             if not folder.is_dir():
                 raise fail(f"version folder {sec.version_locations[i]!r} does not exist ({folder})", "environments", name, "version_locations", i)
             if not os.access(folder, os.R_OK | os.X_OK):

@@ -73,7 +73,7 @@ class Project:
         """Run the CLI in-process and return click's result (stdout and stderr apart)."""
         from orchestrator.cli import cli
 
-        return CliRunner().invoke(cli, ["--registry", str(self.registry_path), *args],
+        return CliRunner().invoke(cli, ["--registry", str(self.registry_path), *args], prog_name="orchestrator",
                                   env={**self.environ, **(env or {})}, catch_exceptions=False)
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -188,3 +188,69 @@ def schema_snapshot(url: str) -> dict[str, Any]:
         return snap
     finally:
         engine.dispose()
+
+
+# ---------------------------------------------------------------------------- reliability suite (issue 7)
+
+RELIABILITY_MARKERS = ("reliability_concurrency", "reliability_fault", "bad_input", "secret_leak")
+
+
+def full_schema(url: str) -> dict[str, Any]:
+    """Return every table's columns (type, nullability, default), primary key, indexes, foreign keys and uniques."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        insp = sa.inspect(engine)
+        schema: dict[str, Any] = {}
+        for table in sorted(insp.get_table_names()):
+            schema[table] = {
+                "columns": [(c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in insp.get_columns(table)],
+                "pk": sorted(insp.get_pk_constraint(table).get("constrained_columns") or []),
+                "indexes": sorted((i["name"], tuple(i["column_names"]), bool(i["unique"])) for i in insp.get_indexes(table)),
+                "fks": sorted((tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                              for f in insp.get_foreign_keys(table)),
+                "uniques": sorted(tuple(u["column_names"]) for u in insp.get_unique_constraints(table)),
+            }
+        return schema
+    finally:
+        engine.dispose()
+
+
+def database_snapshot(url: str) -> dict[str, Any]:
+    """Return the full schema plus every row of the version and history tables, to prove a database unchanged."""
+    snap: dict[str, Any] = {"schema": full_schema(url)}
+    for table in ("alembic_version", "orchestrator_runs", "orchestrator_steps"):
+        if table in snap["schema"]:
+            snap[table] = sorted(query(url, f"SELECT * FROM {table}"), key=repr)
+    return snap
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the reliability figures (README "Reliability") when reliability tests ran."""
+    figures = reliability_figures(terminalreporter.stats)
+    if figures is not None:
+        terminalreporter.write_sep("=", "reliability")
+        terminalreporter.write_line(figures)
+
+
+def reliability_figures(stats: dict[str, list[Any]]) -> str | None:
+    """Return the one-line figures from the test reports, or None when no reliability test ran."""
+    reports = [r for key in ("passed", "failed") for r in stats.get(key, [])
+               if getattr(r, "when", None) == "call" and any(m in r.keywords for m in RELIABILITY_MARKERS)]
+    if not reports:
+        return None
+
+    def passed(marker: str) -> list[Any]:
+        return [r for r in reports if marker in r.keywords and r.passed]
+
+    held = passed("reliability_concurrency")
+    runners = max((dict(r.user_properties).get("runners", 0) for r in held), default=0)
+    dialects = len({dict(r.user_properties).get("dialect") for r in held})
+    bad_cases = {dict(r.user_properties).get("case", r.nodeid) for r in passed("bad_input")}
+    leak_reports = [r for r in reports if "secret_leak" in r.keywords]
+    leaks = sum(sum(v for k, v in r.user_properties if k == "leaks") for r in leak_reports)
+    checked = sum(sum(v for k, v in r.user_properties if k == "outputs_checked") for r in leak_reports)
+    failed = [r for r in reports if r.failed]
+    return (f"runners held: {runners} processes x {dialects} dialects, faults survived: {len(passed('reliability_fault'))}, "
+            f"bad inputs tried: {len(bad_cases)} ({len(passed('bad_input'))} runs), "
+            f"leaks found: {leaks} (in {checked} outputs of {len(leak_reports)} tests), "
+            f"reliability tests failed: {len(failed)}")

@@ -26,11 +26,6 @@ from orchestrator.registry import ENV_SELECT_VAR
 
 BAD = "bad000000001"
 HISTORY_HINT = "see `orchestrator history --env main` for the revisions it sees"
-HALFWAY_UPGRADE = """
-op.create_table("halfway", sa.Column("id", sa.Integer, primary_key=True))
-raise RuntimeError("boom halfway")
-"""
-FIXED_UPGRADE = 'op.create_table("halfway", sa.Column("id", sa.Integer, primary_key=True))'
 
 
 @pytest.fixture(autouse=True)
@@ -50,16 +45,6 @@ def error_line(result: Result) -> str:
     assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("error: "), result.stderr
     return result.stderr[len("error: "):-1]
-
-
-def execute(url: str, sql: str) -> None:
-    """Run one statement that returns no rows, committed."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(sql))
-    finally:
-        engine.dispose()
 
 
 def runs_count(url: str) -> int:
@@ -121,56 +106,7 @@ def test_downgrade_to_a_revision_above_the_current_one(single: Project) -> None:
 # ---------------------------------------------------------------------------- a revision that fails
 
 
-def test_revision_failing_halfway_then_fixed(single: Project, orchestrator_dialect: str) -> None:
-    url = single.urls["main"]
-    assert single.cli("-q", "upgrade").exit_code == EXIT_OK
-    last_good = schema_snapshot(url)
-    assert last_good["@versions"] == [PROD_HEAD]
-    path = single.write_revision("versions_prod", BAD, PROD_HEAD, HALFWAY_UPGRADE, 'op.drop_table("halfway")',
-                                 message="breaks halfway")
-    where = f"versions_prod/{path.name}"
-
-    failed = single.cli("-q", "upgrade")
-
-    if orchestrator_dialect == "mysql":
-        state = (f"the database is at {PROD_HEAD}; MySQL/MariaDB commit DDL as it runs, so statements of {BAD} "
-                 "before the failure may remain: inspect the schema before rerunning")
-    else:
-        state = f"rolled back; the database is at {PROD_HEAD}"
-    assert_one_error(failed, f"environment 'main': revision {BAD} ({where}) failed: boom halfway; {state}; "
-                             "see `orchestrator runs --env main`", EXIT_FAILURE)
-
-    after = schema_snapshot(url)
-    if orchestrator_dialect == "mysql":
-        # DDL committed as it ran: the table is there, the version table is not moved
-        assert after == {**last_good, "halfway": ["id"]}
-    else:
-        assert after == last_good
-    run_status, run_error = query(url, "SELECT status, error FROM orchestrator_runs ORDER BY started_at DESC")[0]
-    assert (run_status, run_error) == ("failed", "boom halfway")
-    steps = query(url, "SELECT s.revision, s.direction, s.status, s.error FROM orchestrator_steps s "
-                       "JOIN orchestrator_runs r ON r.run_id = s.run_id WHERE r.status = 'failed'")
-    assert steps == [(BAD, "up", "failed", "boom halfway")]
-
-    status = single.cli("--json", "status")
-    assert status.exit_code == EXIT_OK, status.output
-    row, = json.loads(status.stdout)
-    assert (row["state"], row["current_heads"], row["pending_revisions"]) == ("last run failed", [PROD_HEAD], [BAD])
-    assert (row["last_run"]["status"], row["last_run"]["failed_revision"], row["last_run"]["error"]) == (
-        "failed", BAD, "boom halfway")
-
-    # fix the script (and, on MySQL, clean up what the failed run left, as the message says); rerun
-    single.write_revision("versions_prod", BAD, PROD_HEAD, FIXED_UPGRADE, 'op.drop_table("halfway")',
-                          message="breaks halfway")
-    if orchestrator_dialect == "mysql":
-        execute(url, "DROP TABLE halfway")
-    rerun = single.cli("-q", "upgrade")
-    assert rerun.exit_code == EXIT_OK, rerun.output
-    assert (rerun.stderr, "Traceback" in rerun.output) == ("", False)
-    assert re.fullmatch(rf"main: upgraded {PROD_HEAD} -> {BAD} \(1 step, run [0-9a-f]{{12}}\)\n", rerun.stdout), rerun.stdout
-    assert schema_snapshot(url) == {**last_good, "halfway": ["id"], "@versions": [BAD]}
-    row, = json.loads(single.cli("--json", "status").stdout)
-    assert (row["state"], row["last_run"]["status"], row["last_run"]["failed_revision"]) == ("at heads", "succeeded", None)
+# (a revision raising halfway, then fixed and rerun, on every dialect: tests/test_faults.py)
 
 
 def test_revision_failing_on_a_database_error_gives_one_line(single: Project, orchestrator_dialect: str) -> None:

@@ -85,9 +85,9 @@ def test_failing_revision_is_recorded_and_leaves_the_last_good_revision(single: 
     assert line.startswith("error: environment 'main': revision bad000000001 (versions_prod/bad000000001_breaks_halfway.py) failed: ")
     assert query(url, "SELECT version_num FROM alembic_version") == [(PROD_HEAD,)]
     if orchestrator_dialect == "mysql":
-        assert line.endswith(f"; the database is at {PROD_HEAD}; MySQL/MariaDB commit DDL as it runs, so statements of "
-                             "bad000000001 before the failure may remain: inspect the schema before rerunning; "
-                             "see `orchestrator runs --env main`")
+        assert line.endswith(f"; the database is at {PROD_HEAD}, but MySQL/MariaDB committed 1 statement of "
+                             "bad000000001 before the failure (DDL is not transactional there): CREATE TABLE half; "
+                             "undo it (or make the script skip it) before rerunning; see `orchestrator runs --env main`")
         assert "half" in table_names(url)  # MariaDB committed the CREATE TABLE before the failure
     else:
         assert line.endswith(f"; rolled back; the database is at {PROD_HEAD}; see `orchestrator runs --env main`")

@@ -189,6 +189,7 @@ def test_lock_is_per_database(tmp_path: Path, db_factory) -> None:
             "waited 0s; retry later or raise --lock-timeout\n")
 
 
+@pytest.mark.reliability_fault
 def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(single: Project,
                                                                             orchestrator_dialect: str) -> None:
     add_slow_revision(single, orchestrator_dialect)
@@ -212,6 +213,8 @@ def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(sin
     code, out, _err = holder.finish()
     assert (code, out) == (-signal.SIGKILL, "")
     assert query(url, "SELECT status FROM orchestrator_runs") == [("running",)]
+    freed_after = wait_until_free(url, 30)  # the lock timeout the next runner is given
+    assert freed_after is not None, "the killed runner's lock outlived the lock timeout"
 
     nxt = single.cli("upgrade", "--lock-timeout", "30", env={"ORCHESTRATOR_OPERATOR": "bob@ci-8"})
     assert nxt.exit_code == 0, nxt.output
@@ -228,6 +231,10 @@ def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(sin
         "bob@ci-8", [(SLOW, "succeeded")])
     assert query(url, "SELECT version_num FROM alembic_version") == [(SLOW,)]
     assert lock_is_free(url)
+    listed = single.cli("runs")  # as a person reads it
+    assert listed.exit_code == 0
+    assert [line.split("│")[4].strip() for line in listed.stdout.splitlines() if killed["run_id"][:12] in line] == [
+        "interrupted"]
 
 
 def wait_until_free(url: str, timeout: float) -> float | None:
@@ -240,6 +247,7 @@ def wait_until_free(url: str, timeout: float) -> float | None:
     return None
 
 
+@pytest.mark.reliability_fault
 @pytest.mark.parametrize("orchestrator_dialect", [
     "sqlite", "postgresql",
     "mysql",

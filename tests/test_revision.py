@@ -50,3 +50,15 @@ def test_autogenerate_sees_models_but_never_the_history_tables(tmp_path: Path, d
     assert "op.create_table('audit_notes'" in text
     assert "orchestrator_runs" not in text and "orchestrator_steps" not in text
     assert "drop_table" not in text.split("def downgrade")[0]
+
+
+def test_autogenerate_against_an_unreachable_server_is_a_database_error(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project", {"main": "postgresql+psycopg://app:pw@127.0.0.1:1/app"})
+    before = sorted(p.name for p in (project.root / "versions_prod").iterdir())
+
+    result = project.cli("-q", "revision", "-m", "next", "--autogenerate")
+
+    assert (result.exit_code, result.stdout) == (1, "")  # a database failure, not a usage error
+    assert result.stderr.startswith("error: environment 'main': cannot connect to postgresql+psycopg://app:***@127.0.0.1:1/app: ")
+    assert result.stderr.endswith("; check that the server is up and the URL is right\n")
+    assert sorted(p.name for p in (project.root / "versions_prod").iterdir()) == before

@@ -39,6 +39,40 @@ class Outcome:
     stderr: str
 
 
+# Every verb, successful and failing, with and without --debug: ONE LINE per run, (wave, exit code, arguments).
+# Runs of one wave start at once; waves run in order (after the upgrades, promotes and rollouts of the test).
+# Environments: a/b/c/u/r1/r2 reachable with the sentinel password, 'bad' has a revision whose error quotes the
+# URL, 'down' an unreachable server, 'denied' a login the server refuses. ``{run_a}`` is a run id prefix of 'a',
+# ``{tmp}`` the test's folder. A verb the CLI has that no line runs (both ways) fails the test: add its line here.
+VERB_RUNS: list[tuple[int, int, str]] = [
+    (4, 0, "review status --env a --all"), (4, 1, "--debug review status --env down"),
+    (4, 3, "review check --env bad"), (4, 0, "--debug review check --env a"),
+    (4, 0, "lint --env a"), (4, 0, "--debug lint --env bad --pending"), (4, 1, "lint --env denied --pending"),
+    (4, 0, "--debug lint --env bad"),
+    (4, 0, "verify --env a"), (4, 1, "--debug verify"), (4, 1, "verify --env denied"),
+    (4, 0, "ci-matrix"), (4, 0, "--debug ci-matrix --format github"), (4, 2, "ci-matrix --dialects oracle"),
+    (4, 0, "--debug review approve " + BAD + " --reviewer sentinel-auditor"),
+    (4, 2, "review approve nosuchrev --reviewer sentinel-auditor"),
+    (5, 0, "release " + BAD + " --to versions_prod"), (5, 2, "--debug release nosuchrev"),
+    (5, 2, "--debug review revoke nosuchrev"), (5, 1, "revision -m autogen --autogenerate --env down"),
+    (6, 0, "review revoke " + BAD), (6, 0, "--debug revision -m from-the-secrets-test --env r1"),
+]
+
+
+def cli_verbs() -> set[str]:
+    """Return every verb of the command line, subcommands as 'group sub'."""
+    from orchestrator.cli import cli
+
+    return {f"{name} {sub}" if sub else name
+            for name, command in cli.commands.items() for sub in (sorted(getattr(command, "commands", {})) or [""])}
+
+
+def verb_of(args: tuple[str, ...]) -> str:
+    """Return the verb (with its subcommand) a run invoked."""
+    words = [a for a in args if not a.startswith("-")]
+    return " ".join(words[:2]) if words[0] == "review" else words[0]
+
+
 def run_wave(project: Project, wave: list[tuple[int, list[str]]]) -> list[Outcome]:
     """Start every command of a wave at once (separate processes), wait for all, check their exit codes."""
     environ = {k: v for k, v in os.environ.items() if k != "ALEMBIC_ENV"}
@@ -47,12 +81,14 @@ def run_wave(project: Project, wave: list[tuple[int, list[str]]]) -> list[Outcom
         [sys.executable, "-m", "orchestrator", "--registry", str(project.registry_path), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=project.root))
         for expected, args in wave]
-    outcomes = []
+    outcomes, unexpected = [], []
     for args, expected, proc in procs:
         out, err = proc.communicate(timeout=120)
         outcome = Outcome(tuple(args), proc.returncode, out, err)
-        assert outcome.code == expected, outcome
+        if outcome.code != expected:
+            unexpected.append((expected, outcome))
         outcomes.append(outcome)
+    assert not unexpected, unexpected
     return outcomes
 
 
@@ -61,8 +97,21 @@ def both(code: int, *args: str) -> list[tuple[int, list[str]]]:
     return [(code, list(args)), (code, ["--debug", *args])]
 
 
+@pytest.fixture(autouse=True)
+def _count_leaks(record_property: Callable[[str, object], None]) -> None:
+    """Make ``assert_no_secret`` report what it looked at and found, for the README's figures."""
+    global _record
+    _record = record_property
+
+
+_record: Callable[[str, object], None] | None = None
+
+
 def assert_no_secret(outcomes: list[Outcome]) -> None:
     leaks = [o for o in outcomes if FRAGMENT in (o.stdout + o.stderr).lower()]
+    if _record is not None:
+        _record("outputs_checked", len(outcomes))
+        _record("leaks", len(leaks))
     assert not leaks, leaks
 
 
@@ -121,6 +170,7 @@ def mysql_user(orchestrator_dialect: str, db_factory: Callable[[], str]):
         engine.dispose()
 
 
+@pytest.mark.secret_leak
 @pytest.mark.parametrize("orchestrator_dialect", ["postgresql", "mysql"], indirect=True)
 def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str, db_factory: Callable[[], str],
                                       mysql_user) -> None:
@@ -172,14 +222,15 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
         (0, ["--json", "runs", "--env", "bad"]), (0, ["--debug", "runs", "--env", "a", "--run", run_a]),
         (0, ["ini", "--env", "a", "-o", str(ini_plain)]), (0, ["--debug", "ini", "--env", "a", "-o", str(ini_debug)]),
     ])
+    for wave in sorted({w for w, _, _ in VERB_RUNS}):
+        outcomes += run_wave(project, [(code, args.format(run_a=run_a, tmp=tmp_path).split())
+                                       for w, code, args in VERB_RUNS if w == wave])
     assert_no_secret(outcomes)
 
-    # every verb ran with and without --debug
-    verbs = {"envs", "status", "plan", "upgrade", "current", "heads", "history", "runs", "downgrade", "stamp", "ini",
-             "promote", "rollout"}
+    # every verb of the command line ran, with and without --debug
     for debug in (False, True):
-        ran = {next(a for a in o.args if not a.startswith("-")) for o in outcomes if ("--debug" in o.args) == debug}
-        assert verbs <= ran, verbs - ran
+        ran = {verb_of(o.args) for o in outcomes if ("--debug" in o.args) == debug}
+        assert cli_verbs() <= ran, (debug, cli_verbs() - ran)
 
     # the masking really happened where the password would have been
     by_args = {o.args: o for o in outcomes}
@@ -207,13 +258,16 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
     bad_errors = query(plain["bad"], "SELECT error FROM orchestrator_steps WHERE status = 'failed'")
     assert len(bad_errors) == 2 and all("password ***)" in e for (e,) in bad_errors), bad_errors
 
-    # the ini files written
+    # the files the verbs wrote: the review ledger, new revisions, the ini files
+    written = [project.root / "envs" / "reviews.yaml", *(project.root / "versions_prod").glob("*.py")]
+    assert not [p for p in written if FRAGMENT in p.read_text().lower()]
     for ini in (ini_plain, ini_debug):
         text = ini.read_text()
         assert "[alembic]" in text and "orchestrator.env = a" in text
         assert FRAGMENT not in text.lower() and "sqlalchemy.url" not in text
 
 
+@pytest.mark.secret_leak
 def test_unreachable_server_errors_hide_a_plain_password(tmp_path: Path) -> None:
     down = with_password("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", PLAIN)
     project = make_project(tmp_path / "project", {
@@ -239,6 +293,7 @@ def test_unreachable_server_errors_hide_a_plain_password(tmp_path: Path) -> None
     assert not (tmp_path / "local.db").exists()  # nothing touched the local environment
 
 
+@pytest.mark.secret_leak
 def test_password_in_the_url_query_is_hidden_too(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", {
         "down": f"postgresql+psycopg://postgres@127.0.0.1:1/nowhere?password={PLAIN}"})
@@ -251,6 +306,7 @@ def test_password_in_the_url_query_is_hidden_too(tmp_path: Path) -> None:
     assert FRAGMENT not in ini.read_text().lower()
 
 
+@pytest.mark.secret_leak
 def test_a_password_that_is_a_common_word_masks_only_the_password(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", {"down": "postgresql+psycopg://app:postgres@127.0.0.1:1/nowhere"})
     envs, upgrade = run_wave(project, [(0, ["--json", "envs"]), (1, ["upgrade", "--env", "down"])])
