@@ -25,7 +25,7 @@ from orchestrator.errors import EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_REFUSED, EX
 from orchestrator.executor import NOTHING, RunResult
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.output import consoles, ids, inert, print_json, table
-from orchestrator.redact import RedactingFilter
+from orchestrator.redact import RedactingFilter, redact
 from orchestrator.registry import Registry, load_registry
 
 
@@ -623,7 +623,7 @@ def report_cmd(state: State, fmt: str, output: str | None, since: str | None, dr
         OUT.file.flush()
     for d in report.details:
         if not d.reachable:
-            ERR.file.write(f"error: {inert(redact(d.error or ''))}\n")
+            ERR.file.write(f"error: {inert(d.error)}\n")
     if any(not d.reachable for d in report.details):
         sys.exit(EXIT_FAILURE)
     if any(d.drift is not None and d.drift.state == "drifted" for d in report.details):

@@ -56,6 +56,12 @@ VERB_RUNS: list[tuple[int, int, str]] = [
     (5, 0, "release " + BAD + " --to versions_prod"), (5, 2, "--debug release nosuchrev"),
     (5, 2, "--debug review revoke nosuchrev"), (5, 1, "revision -m autogen --autogenerate --env down"),
     (6, 0, "review revoke " + BAD), (6, 0, "--debug revision -m from-the-secrets-test --env r1"),
+    (4, 1, "report --format html -o {tmp}/report.html"), (4, 1, "--debug report --format json -o {tmp}/report.json"),
+    (4, 1, "report --format markdown"), (4, 1, "--debug report"), (4, 0, "--json report --env a --env b"),
+    (4, 2, "check --env a"), (4, 2, "--debug check --env down"),
+    (4, 0, "diff a b"), (4, 1, "--debug diff a down"), (4, 1, "diff denied a"),
+    (4, 2, "adopt --env a --revision auto"), (4, 1, "--debug adopt --env down --revision auto"),
+    (7, 0, "import-sql {tmp}/sql --into versions_prod"), (7, 2, "--debug import-sql {tmp}/nosql --into versions_prod"),
 ]
 
 
@@ -222,6 +228,8 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
         (0, ["--json", "runs", "--env", "bad"]), (0, ["--debug", "runs", "--env", "a", "--run", run_a]),
         (0, ["ini", "--env", "a", "-o", str(ini_plain)]), (0, ["--debug", "ini", "--env", "a", "-o", str(ini_debug)]),
     ])
+    (tmp_path / "sql").mkdir()
+    (tmp_path / "sql" / "v001_legacy_table.sql").write_text("CREATE TABLE legacy_table (id INTEGER PRIMARY KEY);\n")
     for wave in sorted({w for w, _, _ in VERB_RUNS}):
         outcomes += run_wave(project, [(code, args.format(run_a=run_a, tmp=tmp_path).split())
                                        for w, code, args in VERB_RUNS if w == wave])
@@ -259,7 +267,8 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
     assert len(bad_errors) == 2 and all("password ***)" in e for (e,) in bad_errors), bad_errors
 
     # the files the verbs wrote: the review ledger, new revisions, the ini files
-    written = [project.root / "envs" / "reviews.yaml", *(project.root / "versions_prod").glob("*.py")]
+    written = [project.root / "envs" / "reviews.yaml", *(project.root / "versions_prod").glob("*.py"),
+               tmp_path / "report.html", tmp_path / "report.json"]
     assert not [p for p in written if FRAGMENT in p.read_text().lower()]
     for ini in (ini_plain, ini_debug):
         text = ini.read_text()
