@@ -164,8 +164,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _h(value: object) -> str:
-    """Return a value escaped for HTML text and attributes."""
-    return html.escape(str(value), quote=True)
+    """Return a value escaped for HTML text and attributes, control characters shown as escapes."""
+    return html.escape(inert(value), quote=True)
 
 
 _STYLE = """

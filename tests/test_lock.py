@@ -198,6 +198,8 @@ def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(sin
     holder.wait_for_line(f"  main: upgrade {PROD_HEAD} (")  # the slow step has begun; the lock is held
     holding = single.json("runs")["runs"]
     assert [r["status"] for r in holding] == ["running"]
+    live = single.json("report")["details"][0]["notable_runs"]
+    assert [(r["status"], r["recorded_status"]) for r in live] == [("running", "running")]  # its runner holds the lock
 
     started = time.monotonic()
     waiter = single.cli("upgrade", "--lock-timeout", "1", env={"ORCHESTRATOR_OPERATOR": "bob@ci-8"})
@@ -215,6 +217,10 @@ def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(sin
     assert query(url, "SELECT status FROM orchestrator_runs") == [("running",)]
     freed_after = wait_until_free(url, 30)  # the lock timeout the next runner is given
     assert freed_after is not None, "the killed runner's lock outlived the lock timeout"
+    dead = single.json("report")["details"][0]["notable_runs"]  # before any runner has marked it
+    assert [(r["run_id"], r["status"], r["recorded_status"]) for r in dead] == [
+        (holding[0]["run_id"], "interrupted", "running")]
+    assert query(url, "SELECT status FROM orchestrator_runs") == [("running",)]  # the report wrote nothing
 
     nxt = single.cli("upgrade", "--lock-timeout", "30", env={"ORCHESTRATOR_OPERATOR": "bob@ci-8"})
     assert nxt.exit_code == 0, nxt.output
@@ -235,6 +241,9 @@ def test_waiter_exits_4_naming_the_holder_and_a_killed_holder_leaves_no_lock(sin
     assert listed.exit_code == 0
     assert [line.split("│")[4].strip() for line in listed.stdout.splitlines() if killed["run_id"][:12] in line] == [
         "interrupted"]
+    reported = single.json("report")["details"][0]["notable_runs"]
+    assert [(r["run_id"], r["status"], r["recorded_status"], r["reason"]) for r in reported] == [
+        (killed["run_id"], "interrupted", "interrupted", INTERRUPTED_ERROR)]
 
 
 def wait_until_free(url: str, timeout: float) -> float | None:

@@ -16,7 +16,7 @@ from orchestrator.recorder import history_tables
 from orchestrator.report import Report
 
 ALL = (*PROD_REVISIONS, TESTDATA, CANDIDATE)
-HOSTILE = "<script>alert(1)</script> & \x1b[31mred\x1b[0m"
+HOSTILE = "<script>alert(1)</script> & \"quoted\" \x1b[31mred\x1b[0m"
 
 
 def report_json(project: Project, *args: str) -> dict:
@@ -171,7 +171,7 @@ def hostile_project(tmp_path: Path, url: str) -> Project:
         "0a0b0c0d0e0f", None, "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))", message=HOSTILE))
     (project.root / "envs" / "reviews.yaml").write_text("version: 1\napprovals: []\n")
     assert project.cli("review", "approve", "0a0b0c0d0e0f", "--reviewer", "<img src=x onerror=alert(2)>").exit_code == 0
-    assert project.cli("-q", "upgrade").exit_code == 0
+    assert project.cli("-q", "upgrade", env={"ORCHESTRATOR_OPERATOR": "<b onmouseover=alert(3)>op</b>"}).exit_code == 0
     return project
 
 
@@ -184,7 +184,9 @@ def test_hostile_messages_and_reviewers_are_inert_in_every_format(tmp_path: Path
     assert "<img" not in markdown and "\x1b" not in markdown
     page = project.cli("report", "--format", "html").stdout
     assert "<script" not in page.lower() and "<img" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp;" in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;" in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page and "&lt;b onmouseover=alert(3)&gt;op&lt;/b&gt;" in page
+    assert "<b " not in page and "\x1b" not in page
     data = json.loads(project.cli("report", "--format", "json").stdout)
     assert data["revisions"][0]["message"] == HOSTILE  # JSON carries the value itself; escaping is the reader's
 
