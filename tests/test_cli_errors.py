@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from click.testing import Result
 
 from conftest import PROD_HEAD, PROD_REVISIONS, Project, make_project, query, schema_snapshot

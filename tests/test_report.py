@@ -9,7 +9,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from conftest import CANDIDATE, PROD_HEAD, PROD_REVISIONS, TESTDATA, Project, make_project, query, revision_source
 from orchestrator.recorder import history_tables
