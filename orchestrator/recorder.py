@@ -7,6 +7,7 @@ history and the schema never disagree on dialects with transactional DDL.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 import alembic
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
@@ -145,6 +147,8 @@ class Recorder:
     migrations_started: bool = False
     _step_clock: float = 0.0
     _step_started: datetime | None = None
+    _batched: Connection | None = None  # the connection whose step rows travel with each COMMIT
+    _pending: list[tuple[StepRecord, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def runs(self) -> sa.Table:
@@ -188,11 +192,32 @@ class Recorder:
         self._step_started = now
         return self.run_id
 
-    def begin_steps(self) -> None:
-        """Start the clock of the first step (env.py calls this right before Alembic runs steps)."""
+    def begin_steps(self, conn: Connection | None = None, *, commits_each_step: bool = False) -> None:
+        """Start the clock of the first step (env.py calls this right before Alembic runs steps).
+
+        ``commits_each_step``: Alembic commits every step on ``conn`` (one transaction per
+        migration, not inside a caller's transaction); on psycopg 3 each step row then
+        travels with its step's COMMIT (see :meth:`_send_with_commit`).
+        """
         self.migrations_started = True
+        if conn is not None and commits_each_step and _insert_sql(conn, self.steps_table) is not None:
+            self._batched = conn
+            event.listen(conn, "commit", self._send_with_commit)
+            event.listen(conn, "rollback", self._drop_pending)
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
+
+    def end_steps(self, *, failed: bool = False) -> None:
+        """Stop sending step rows with the COMMIT; a row still pending is inserted now (dropped if the run failed)."""
+        conn, self._batched = self._batched, None
+        if conn is None:
+            return
+        event.remove(conn, "commit", self._send_with_commit)
+        event.remove(conn, "rollback", self._drop_pending)
+        pending, self._pending = ([] if failed else self._pending), []
+        for record, row in pending:
+            conn.execute(self.steps_table.insert(), row)
+            self._accept(record)
 
     def on_version_apply(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         """Alembic hook: record the step just applied, in the step's transaction."""
@@ -210,33 +235,84 @@ class Recorder:
             raise ScriptChanged(
                 f"revision {revision} changed on disk while the run was in progress (sha256 {planned.sha256[:12]} planned "
                 f"and judged, {sha256[:12]} now); rerun so the new content is planned and judged", revision=revision)
-        self.record_step(revision=revision, down_revisions=down, direction=direction,
-                         sha256=sha256, status=SUCCEEDED, conn=ctx.connection,
-                         reviewer=self.reviewers.get(revision))
+        record, row = self._step_row(revision=revision, down_revisions=down, direction=direction, sha256=sha256,
+                                     status=SUCCEEDED, reviewer=self.reviewers.get(revision))
+        if self._batched is not None and ctx.connection is self._batched:
+            self._pending.append((record, row))  # sent with this step's COMMIT, still inside its transaction
+            self._restart_clock()
+            return
+        ctx.connection.execute(self.steps_table.insert(), row)
+        self._restart_clock()
+        self._accept(record)
 
     def record_step(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
                     status: str, error: str | None = None, conn: Connection | None = None,
                     reviewer: str | None = None) -> StepRecord:
         """Insert one step row and restart the step clock."""
-        now = time.perf_counter()
+        record, row = self._step_row(revision=revision, down_revisions=down_revisions, direction=direction,
+                                     sha256=sha256, status=status, error=error, reviewer=reviewer)
+        (conn or self.conn).execute(self.steps_table.insert(), row)
+        self._restart_clock()
+        self._accept(record)
+        return record
+
+    def _step_row(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
+                  status: str, error: str | None = None, reviewer: str | None = None) -> tuple[StepRecord, dict[str, Any]]:
+        """Return the next step's record and its row, timed from the step clock."""
         record = StepRecord(
-            seq=len(self.steps) + 1, revision=revision, down_revisions=down_revisions, direction=direction,
-            script_sha256=sha256, started_at=self._step_started or utcnow(),
-            duration_ms=round((now - self._step_clock) * 1000, 3), status=status,
+            seq=len(self.steps) + len(self._pending) + 1, revision=revision, down_revisions=down_revisions,
+            direction=direction, script_sha256=sha256, started_at=self._step_started or utcnow(),
+            duration_ms=round((time.perf_counter() - self._step_clock) * 1000, 3), status=status,
             error=redact(error) if error else None, reviewer=reviewer,
         )
-        (conn or self.conn).execute(self.steps_table.insert(), {
+        return record, {
             "run_id": self.run_id, "seq": record.seq, "revision": record.revision,
             "down_revisions": join_ids(record.down_revisions), "direction": record.direction,
             "script_sha256": record.script_sha256, "reviewer": record.reviewer, "started_at": record.started_at,
             "duration_ms": record.duration_ms, "status": record.status, "error": record.error,
-        })
-        self.steps.append(record)
+        }
+
+    def _restart_clock(self) -> None:
+        """Start timing the next step."""
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
+
+    def _accept(self, record: StepRecord) -> None:
+        """Count a step whose row is written (or committed, when sent with the COMMIT) and report it."""
+        self.steps.append(record)
         if self.on_step is not None:
             self.on_step(record)
-        return record
+
+    def _send_with_commit(self, conn: Connection) -> None:
+        """Send the pending step row and the COMMIT in one round trip (SQLAlchemy ``commit`` event).
+
+        The row and the step transaction's COMMIT go out as one message (psycopg's
+        client-side binding), so the row is committed with the step or not at all,
+        at the cost of no extra round trip. SQLAlchemy's own commit then finds the
+        transaction closed (psycopg sends nothing for it). If the row or the COMMIT
+        fails, the transaction is rolled back and the error raised as the step's failure.
+        """
+        if not self._pending:
+            return
+        import psycopg
+
+        pending, self._pending = self._pending, []
+        sql = _insert_sql(conn, self.steps_table)
+        raw = conn.connection.dbapi_connection
+        try:
+            with psycopg.ClientCursor(raw) as cursor:
+                # one simple-protocol message: the rows, then COMMIT (nothing after a failing row runs)
+                cursor.execute("; ".join([cursor.mogrify(sql, row) for _record, row in pending] + ["COMMIT"]))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            raise sa.exc.DBAPIError.instance(sql, pending[-1][1], exc, psycopg.Error, dialect=conn.dialect) from exc
+        for record, _row in pending:
+            self._accept(record)
+
+    def _drop_pending(self, conn: Connection) -> None:
+        """Forget a pending step row: its transaction is rolled back (SQLAlchemy ``rollback`` event)."""
+        self._pending = []
 
     def finish_run(self, *, status: str, heads_after: Iterable[str] | None, error: str | None = None) -> None:
         """Close the current run row with its final status."""
@@ -305,6 +381,30 @@ def _script_sha256(script: Any, planned: Any = None) -> str | None:
         return sha256_of(Path(path))
     except OSError:
         return None
+
+
+_insert_sql_cache: dict[tuple[Any, ...], str | None] = {}
+
+
+def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
+    """Return the step INSERT as psycopg 3 takes it, or None where rows cannot travel with the COMMIT.
+
+    Only a synchronous psycopg 3 connection qualifies, and only while SQLAlchemy
+    would pass every value to the driver unchanged (psycopg then quotes them).
+    """
+    dialect = conn.dialect
+    if dialect.driver != "psycopg" or getattr(dialect, "is_async", False):
+        return None
+    import psycopg
+
+    key = (dialect.__class__, dialect.server_version_info, steps.schema)
+    if key not in _insert_sql_cache:
+        columns = [c.name for c in steps.c]
+        compiled = steps.insert().compile(dialect=dialect, column_keys=columns)
+        plain = all(c.type.dialect_impl(dialect).bind_processor(dialect) is None for c in steps.c)
+        usable = plain and not compiled.positional and dialect.paramstyle == "pyformat"
+        _insert_sql_cache[key] = str(compiled) if usable else None
+    return _insert_sql_cache[key] if isinstance(conn.connection.dbapi_connection, psycopg.Connection) else None
 
 
 def _stat_key(path: Any) -> tuple[int, int]:
