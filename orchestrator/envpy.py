@@ -113,16 +113,9 @@ def _run_online(context: Any, connection: Connection, recorder: Recorder | None,
     commits_each_step = bool(opts.get("transaction_per_migration")) and not connection.in_transaction()
     context.configure(connection=connection, **opts)
     with context.begin_transaction():
-        if recorder is None:
-            context.run_migrations()
-            return
-        recorder.begin_steps(connection, commits_each_step=commits_each_step)
-        try:
-            context.run_migrations()
-        except BaseException:
-            recorder.end_steps(failed=True)
-            raise
-        recorder.end_steps()
+        if recorder is not None:
+            recorder.begin_steps(connection, commits_each_step=commits_each_step)
+        context.run_migrations()
 
 
 def _environment(config: Any) -> tuple[Registry, Environment]:

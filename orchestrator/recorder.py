@@ -3,7 +3,9 @@
 Two tables, ``orchestrator_runs`` and ``orchestrator_steps``, live beside the
 Alembic version table (same schema). Each applied step is recorded from
 Alembic's ``on_version_apply`` hook, inside the step's own transaction, so the
-history and the schema never disagree on dialects with transactional DDL.
+history and the schema never disagree on dialects with transactional DDL. On
+psycopg 3 with one transaction per migration the row and the step's COMMIT go
+to the server as one message, so recording costs no extra round trip.
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from typing import Any, Callable, Iterable
 
 import alembic
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
@@ -147,8 +148,7 @@ class Recorder:
     migrations_started: bool = False
     _step_clock: float = 0.0
     _step_started: datetime | None = None
-    _batched: Connection | None = None  # the connection whose step rows travel with each COMMIT
-    _pending: list[tuple[StepRecord, dict[str, Any]]] = field(default_factory=list)
+    _batched: Connection | None = None  # the connection whose step rows travel with each step's COMMIT
 
     @property
     def runs(self) -> sa.Table:
@@ -197,27 +197,13 @@ class Recorder:
 
         ``commits_each_step``: Alembic commits every step on ``conn`` (one transaction per
         migration, not inside a caller's transaction); on psycopg 3 each step row then
-        travels with its step's COMMIT (see :meth:`_send_with_commit`).
+        travels with its step's COMMIT (see :meth:`_insert_and_commit`).
         """
         self.migrations_started = True
         if conn is not None and commits_each_step and _insert_sql(conn, self.steps_table) is not None:
             self._batched = conn
-            event.listen(conn, "commit", self._send_with_commit)
-            event.listen(conn, "rollback", self._drop_pending)
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
-
-    def end_steps(self, *, failed: bool = False) -> None:
-        """Stop sending step rows with the COMMIT; a row still pending is inserted now (dropped if the run failed)."""
-        conn, self._batched = self._batched, None
-        if conn is None:
-            return
-        event.remove(conn, "commit", self._send_with_commit)
-        event.remove(conn, "rollback", self._drop_pending)
-        pending, self._pending = ([] if failed else self._pending), []
-        for record, row in pending:
-            conn.execute(self.steps_table.insert(), row)
-            self._accept(record)
 
     def on_version_apply(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         """Alembic hook: record the step just applied, in the step's transaction."""
@@ -238,10 +224,9 @@ class Recorder:
         record, row = self._step_row(revision=revision, down_revisions=down, direction=direction, sha256=sha256,
                                      status=SUCCEEDED, reviewer=self.reviewers.get(revision))
         if self._batched is not None and ctx.connection is self._batched:
-            self._pending.append((record, row))  # sent with this step's COMMIT, still inside its transaction
-            self._restart_clock()
-            return
-        ctx.connection.execute(self.steps_table.insert(), row)
+            self._insert_and_commit(ctx.connection, row)
+        else:
+            ctx.connection.execute(self.steps_table.insert(), row)
         self._restart_clock()
         self._accept(record)
 
@@ -260,7 +245,7 @@ class Recorder:
                   status: str, error: str | None = None, reviewer: str | None = None) -> tuple[StepRecord, dict[str, Any]]:
         """Return the next step's record and its row, timed from the step clock."""
         record = StepRecord(
-            seq=len(self.steps) + len(self._pending) + 1, revision=revision, down_revisions=down_revisions,
+            seq=len(self.steps) + 1, revision=revision, down_revisions=down_revisions,
             direction=direction, script_sha256=sha256, started_at=self._step_started or utcnow(),
             duration_ms=round((time.perf_counter() - self._step_clock) * 1000, 3), status=status,
             error=redact(error) if error else None, reviewer=reviewer,
@@ -278,41 +263,31 @@ class Recorder:
         self._step_started = utcnow()
 
     def _accept(self, record: StepRecord) -> None:
-        """Count a step whose row is written (or committed, when sent with the COMMIT) and report it."""
+        """Count a step whose row is written and report it."""
         self.steps.append(record)
         if self.on_step is not None:
             self.on_step(record)
 
-    def _send_with_commit(self, conn: Connection) -> None:
-        """Send the pending step row and the COMMIT in one round trip (SQLAlchemy ``commit`` event).
+    def _insert_and_commit(self, conn: Connection, row: dict[str, Any]) -> None:
+        """Send the step's row and its transaction's COMMIT as one message (no extra round trip).
 
-        The row and the step transaction's COMMIT go out as one message (psycopg's
-        client-side binding), so the row is committed with the step or not at all,
-        at the cost of no extra round trip. SQLAlchemy's own commit then finds the
-        transaction closed (psycopg sends nothing for it). If the row or the COMMIT
-        fails, the transaction is rolled back and the error raised as the step's failure.
+        Called last in the step, where Alembic would commit next: the row is
+        committed with the step or not at all. Alembic's own commit that follows
+        finds the transaction closed, and psycopg sends nothing for it. If the
+        row or the COMMIT fails, the transaction is rolled back and the error
+        raised as the step's failure, as an INSERT on its own would.
         """
-        if not self._pending:
-            return
         import psycopg
 
-        pending, self._pending = self._pending, []
         sql = _insert_sql(conn, self.steps_table)
         raw = conn.connection.dbapi_connection
         try:
-            with psycopg.ClientCursor(raw) as cursor:
-                # one simple-protocol message: the rows, then COMMIT (nothing after a failing row runs)
-                cursor.execute("; ".join([cursor.mogrify(sql, row) for _record, row in pending] + ["COMMIT"]))
+            with psycopg.ClientCursor(raw) as cursor:  # psycopg binds the values client-side
+                cursor.execute(cursor.mogrify(sql, row) + "; COMMIT")  # nothing after a failing INSERT runs
         except Exception as exc:
             with contextlib.suppress(Exception):
                 raw.rollback()
-            raise sa.exc.DBAPIError.instance(sql, pending[-1][1], exc, psycopg.Error, dialect=conn.dialect) from exc
-        for record, _row in pending:
-            self._accept(record)
-
-    def _drop_pending(self, conn: Connection) -> None:
-        """Forget a pending step row: its transaction is rolled back (SQLAlchemy ``rollback`` event)."""
-        self._pending = []
+            raise sa.exc.DBAPIError.instance(sql, row, exc, psycopg.Error, dialect=conn.dialect) from exc
 
     def finish_run(self, *, status: str, heads_after: Iterable[str] | None, error: str | None = None) -> None:
         """Close the current run row with its final status."""

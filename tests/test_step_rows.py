@@ -2,7 +2,7 @@
 
 On PostgreSQL with psycopg 3 and one transaction per migration, a step's row
 travels in the same message as its transaction's COMMIT (no extra round trip);
-elsewhere it is inserted right after the step. Either way the row is committed
+elsewhere it is inserted as the step's last statement. Either way the row is committed
 with the step or not at all, and a row that cannot be written fails its step.
 """
 from __future__ import annotations
