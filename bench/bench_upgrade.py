@@ -337,7 +337,8 @@ for line in sys.stdin:
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    print(json.dumps({"rc": proc.returncode, "wall": wall, "maxrss": usage.ru_maxrss}), flush=True)
+    print(json.dumps({"rc": proc.returncode, "wall": wall, "maxrss": usage.ru_maxrss,
+                      "cpu": usage.ru_utime + usage.ru_stime}), flush=True)
 """
 
 
@@ -354,8 +355,8 @@ class Spawner:
         self.proc = subprocess.Popen([sys.executable, "-S", "-c", SPAWNER], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1)
 
-    def run(self, argv: list[str], cwd: Path) -> tuple[float, int]:
-        """Run ``argv``; return (wall seconds, peak RSS in KiB of that child alone)."""
+    def run(self, argv: list[str], cwd: Path) -> tuple[float, int, float]:
+        """Run ``argv``; return (wall seconds, peak RSS in KiB, CPU seconds), of that child alone."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         with tempfile.NamedTemporaryFile(suffix=".out") as out:
             self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "env": clean_env(), "out": out.name}) + "\n")
@@ -366,7 +367,7 @@ class Spawner:
             if done["rc"] != 0:
                 text = Path(out.name).read_bytes().decode(errors="replace")[-4000:]
                 raise RuntimeError(f"{shlex.join(argv)} exited {done['rc']}:\n{text}")
-        return done["wall"], done["maxrss"]  # KiB on Linux
+        return done["wall"], done["maxrss"], done["cpu"]  # KiB on Linux
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -459,12 +460,14 @@ def measure_dialect(ws: Workspace, dialect: Dialect, spawner: Spawner, repeat: i
             tag, url = fresh(tool, "sub")
             argv = subprocess_argv(ws, tool, url, tag)
             quiet_disk()
-            wall, rss = spawner.run(argv, ws.root)
+            wall, rss, child_cpu = spawner.run(argv, ws.root)
             verify(ws, tool, url)
             dialect.drop(url)
             sub[tool].wall.append(wall)
             sub[tool].rss_kib.append(rss)
-            log(f"  [{dialect.name}] rep {i + 1}/{repeat} subprocess {tool:<13} {wall:7.3f}s  rss {rss / 1024:6.1f} MiB")
+            sub[tool].cpu.append(child_cpu)
+            log(f"  [{dialect.name}] rep {i + 1}/{repeat} subprocess {tool:<13} {wall:7.3f}s  cpu {child_cpu:6.3f}s  "
+                f"rss {rss / 1024:6.1f} MiB")
         for tool in order:
             tag, url = fresh(tool, "inp")
             call = inprocess_call(ws, tool, url, tag)
@@ -489,11 +492,13 @@ def measure_dialect(ws: Workspace, dialect: Dialect, spawner: Spawner, repeat: i
     med = {m: {t: statistics.median(x[t].wall) for t in tools} for m, x in (("sub", sub), ("inp", inproc))}
     best = {m: {t: min(x[t].wall) for t in tools} for m, x in (("sub", sub), ("inp", inproc))}
     cpu = {t: statistics.median(inproc[t].cpu) for t in tools}
+    sub_cpu = {t: statistics.median(sub[t].cpu) for t in tools}
     rss = {t: statistics.median(sub[t].rss_kib) for t in tools}
     result["ratios"] = {  # orchestrator / bare alembic, medians unless named
         "subprocess_time": ratio(med["sub"]["orchestrator"], med["sub"]["alembic"]),
         "in_process_time": ratio(med["inp"]["orchestrator"], med["inp"]["alembic"]),
         "in_process_cpu": ratio(cpu["orchestrator"], cpu["alembic"]),
+        "subprocess_cpu": ratio(sub_cpu["orchestrator"], sub_cpu["alembic"]),
         "subprocess_peak_rss": ratio(rss["orchestrator"], rss["alembic"]),
         "subprocess_time_best": ratio(best["sub"]["orchestrator"], best["sub"]["alembic"]),
         "in_process_time_best": ratio(best["inp"]["orchestrator"], best["inp"]["alembic"]),
@@ -560,7 +565,8 @@ def render(report: dict[str, Any]) -> str:
                  f"SQLAlchemy {m['sqlalchemy']}, orchestrator {m['orchestrator']}; "
                  f"load average {m['load_avg_1m_before']} before, {m['load_avg_1m_after']} after")
     lines.append("")
-    header = (f"{'dialect':<11} {'tool':<14} {'subprocess s':>12} {'in-process s':>12} {'in-proc CPU s':>13} "
+    header = (f"{'dialect':<11} {'tool':<14} {'subprocess s':>12} {'subproc CPU s':>13} {'in-process s':>12} "
+              f"{'in-proc CPU s':>13} "
               f"{'start-up s':>10} {'peak RSS MiB':>12}")
     lines.append(header)
     lines.append("-" * len(header))
@@ -571,12 +577,14 @@ def render(report: dict[str, Any]) -> str:
             continue
         for tool in d["subprocess"]:
             s, p = d["subprocess"][tool], d["in_process"][tool]
-            lines.append(f"{d['dialect']:<11} {tool:<14} {s['median_s']:>12.3f} {p['median_s']:>12.3f} "
+            lines.append(f"{d['dialect']:<11} {tool:<14} {s['median_s']:>12.3f} {s['median_cpu_s']:>13.3f} "
+                         f"{p['median_s']:>12.3f} "
                          f"{p['median_cpu_s']:>13.3f} {d['startup_s'][tool]:>10.3f} {s['median_peak_rss_mib']:>12.1f}")
         r = d["ratios"]
         verdict = "met" if d["target_met"] else "NOT met"
         lines.append(f"{'':<11} orchestrator/alembic: subprocess {r['subprocess_time']:.3f}x "
-                     f"(target <= {TARGET_RATIO:.2f}x: {verdict}; best-of {r['subprocess_time_best']:.3f}x), "
+                     f"(target <= {TARGET_RATIO:.2f}x: {verdict}; best-of {r['subprocess_time_best']:.3f}x; "
+                     f"client CPU {r['subprocess_cpu']:.3f}x), "
                      f"in-process {r['in_process_time']:.3f}x (CPU {r['in_process_cpu']:.3f}x), "
                      f"peak RSS {r['subprocess_peak_rss']:.3f}x")
         for extra in list(d["subprocess"])[2:]:
@@ -587,8 +595,9 @@ def render(report: dict[str, Any]) -> str:
     lines.extend(f"  {t:<14} {LABELS[t]}" for t in TOOLS)
     lines.append("subprocess = python -m alembic / python -m orchestrator; in-process = alembic.command.upgrade / "
                  "orchestrator.commands.upgrade;")
-    lines.append("start-up = subprocess minus in-process (interpreter, imports, cold caches, exit); "
-                 "peak RSS = each child's own ru_maxrss")
+    lines.append("subproc CPU = the child's own user+sys time (the client's work, without waiting for the server); "
+                 "start-up = subprocess minus in-process")
+    lines.append("(interpreter, imports, cold caches, exit); peak RSS = each child's own ru_maxrss")
     lines.append(f"reproduce: {report['command']}")
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
-from orchestrator.loader import RevisionFile, folders_stamp, read_folders
+from orchestrator.loader import RevisionFile, Stamp, folders_stamp, read_folders_stamped
 from orchestrator.redact import RedactingStream
 from orchestrator.registry import ENV_SELECT_VAR, Environment, Registry
 
@@ -35,7 +35,7 @@ class EnvContext:
     registry: Registry
     env: Environment
     _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
-    _stamp: tuple[tuple[str, int, int], ...] | None = field(default=None, repr=False)
+    _stamp: Stamp | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -50,7 +50,7 @@ class EnvContext:
         self._all_files = None
         self._stamp = None
 
-    def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
+    def _current_stamp(self) -> Stamp:
         return folders_stamp(self.registry.all_folders(), recursive=self.env.recursive_version_locations)
 
     @cached_property
@@ -61,10 +61,12 @@ class EnvContext:
     @cached_property
     def all_files(self) -> dict[str, RevisionFile]:
         """Return every revision in every folder of the registry, ids checked unique."""
-        self._stamp = self._current_stamp()
         if self._all_files is None:
-            files = read_folders(self.registry.all_folders(), recursive=self.env.recursive_version_locations)
+            files, self._stamp = read_folders_stamped(self.registry.all_folders(),
+                                                      recursive=self.env.recursive_version_locations)
             self._all_files = index_unique(files, self.registry.root)
+        else:
+            self._stamp = self._current_stamp()
         return self._all_files
 
     @cached_property

@@ -109,10 +109,12 @@ def _run_online(context: Any, connection: Connection, recorder: Recorder | None,
         opts = dict(opts, on_version_apply=recorder.on_version_apply)
     if connection.dialect.name == "sqlite":
         opts.setdefault("transactional_ddl", True)
+    # Alembic commits each step itself only outside a caller's transaction
+    commits_each_step = bool(opts.get("transaction_per_migration")) and not connection.in_transaction()
     context.configure(connection=connection, **opts)
     with context.begin_transaction():
         if recorder is not None:
-            recorder.begin_steps()
+            recorder.begin_steps(connection, commits_each_step=commits_each_step)
         context.run_migrations()
 
 

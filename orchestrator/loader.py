@@ -7,7 +7,9 @@ every environment can be checked before Alembic loads anything.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,39 +56,72 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+Stamp = tuple[tuple[str, int, int], ...]
+
+
+def _scripts(folder: Path, recursive: bool) -> list[Path]:
+    """Return the ``*.py`` files of a folder (and its subfolders when recursive), sorted by path."""
+    if recursive:
+        return sorted(folder.rglob("*.py"))
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if fnmatch.fnmatch(e.name, "*.py")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # as Path.glob: a missing folder holds nothing
+    return [folder / name for name in sorted(names, key=os.path.normcase)]
+
+
+def _is_revision_file(path: Path) -> bool:
+    """Return True for a file Alembic treats as a revision script."""
+    return bool(_REVISION_FILE.match(path.name)) and "__pycache__" not in path.parts
+
+
 def read_folder(folder: Path, *, recursive: bool = False) -> list[RevisionFile]:
     """Return the revision files of one folder, sorted by path."""
-    candidates: Iterable[Path] = folder.rglob("*.py") if recursive else folder.glob("*.py")
-    found = []
-    for path in sorted(candidates):
-        if _REVISION_FILE.match(path.name) and "__pycache__" not in path.parts:
-            found.append(read_revision_file(path, folder))
-    return found
+    return [read_revision_file(path, folder) for path in _scripts(folder, recursive) if _is_revision_file(path)]
 
 
-def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> tuple[tuple[str, int, int], ...]:
+def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
     """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
     stamp = []
     for folder in folders:
-        candidates = folder.rglob("*.py") if recursive else folder.glob("*.py")
-        for path in candidates:
-            st = path.stat()
+        for path in _scripts(folder, recursive):
+            st = os.stat(path)
             stamp.append((str(path), st.st_size, st.st_mtime_ns))
     return tuple(sorted(stamp))
 
 
 def read_folders(folders: Iterable[Path], *, recursive: bool = False) -> list[RevisionFile]:
     """Return the revision files of several folders, in folder order."""
+    return read_folders_stamped(folders, recursive=recursive)[0]
+
+
+def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False) -> tuple[list[RevisionFile], Stamp]:
+    """Return the revision files of several folders and the stamp of what was read, in one pass.
+
+    Each file is stat-ed before it is read, so a change made while reading
+    shows as a different stamp next time.
+    """
     files: list[RevisionFile] = []
+    stamp = []
     for folder in folders:
-        files.extend(read_folder(folder, recursive=recursive))
-    return files
+        for path in _scripts(folder, recursive):
+            if _is_revision_file(path):
+                found = read_revision_file(path, folder)
+                files.append(found)
+                size, mtime_ns = found.stat_key
+            else:
+                st = os.stat(path)
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            stamp.append((str(path), size, mtime_ns))
+    return files, tuple(sorted(stamp))
 
 
 def read_revision_file(path: Path, folder: Path) -> RevisionFile:
     """Parse one revision script for its identifiers, falling back to importing it."""
-    st = path.stat()
-    data = path.read_bytes()
+    with open(path, "rb") as handle:
+        st = os.fstat(handle.fileno())
+        data = handle.read()
     try:
         tree = ast.parse(data, filename=str(path))
     except SyntaxError as exc:
@@ -94,15 +129,15 @@ def read_revision_file(path: Path, folder: Path) -> RevisionFile:
     values = _literal_assignments(tree)
     if values is None:
         values = _imported_assignments(path, folder)
-    where = _short(path, folder)
     if not isinstance(values.get("revision"), str) or not values["revision"]:
-        raise GraphError(f"{where}: no 'revision = \"...\"' assignment; every file in a version folder must be a revision script")
+        raise GraphError(f"{_short(path, folder)}: no 'revision = \"...\"' assignment; "
+                         "every file in a version folder must be a revision script")
     refs = {}
     for name in ("down_revision", "depends_on", "branch_labels"):
         try:
             refs[name] = _as_tuple(values.get(name))
         except TypeError:
-            raise GraphError(f"{where}: {name} must be None, a string or a tuple of strings") from None
+            raise GraphError(f"{_short(path, folder)}: {name} must be None, a string or a tuple of strings") from None
     return RevisionFile(
         revision=values["revision"],
         down_revisions=refs["down_revision"],
@@ -127,6 +162,9 @@ def _literal_assignments(tree: ast.Module) -> dict[str, Any] | None:
         else:
             continue
         if isinstance(target, ast.Name) and target.id in _FIELDS:
+            if isinstance(value, ast.Constant):  # what literal_eval returns for it, without its overhead
+                values[target.id] = value.value
+                continue
             try:
                 values[target.id] = ast.literal_eval(value)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -150,9 +188,17 @@ def _short(path: Path, folder: Path) -> str:
 
 
 def _message(tree: ast.Module) -> str:
-    """Return the first line of the module docstring (Alembic's message)."""
-    doc = ast.get_docstring(tree) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    """Return the first line of the module docstring (Alembic's message).
+
+    The same line as ``ast.get_docstring(tree).strip().splitlines()[0]``: cleaning a
+    docstring only removes whitespace before its first line of text, which
+    ``strip`` removes anyway.
+    """
+    first = tree.body[0] if tree.body else None
+    if not isinstance(first, ast.Expr) or not isinstance(first.value, ast.Constant) or not isinstance(first.value.value, str):
+        return ""
+    doc = first.value.value.expandtabs().strip()
+    return doc.splitlines()[0] if doc else ""
 
 
 def _as_tuple(value: Any) -> tuple[str, ...]:

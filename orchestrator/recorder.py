@@ -3,10 +3,13 @@
 Two tables, ``orchestrator_runs`` and ``orchestrator_steps``, live beside the
 Alembic version table (same schema). Each applied step is recorded from
 Alembic's ``on_version_apply`` hook, inside the step's own transaction, so the
-history and the schema never disagree on dialects with transactional DDL.
+history and the schema never disagree on dialects with transactional DDL. On
+psycopg 3 with one transaction per migration the row and the step's COMMIT go
+to the server as one message, so recording costs no extra round trip.
 """
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -147,6 +150,7 @@ class Recorder:
     statements: list[str] = field(default_factory=list)  # of the current step (filled where DDL is not transactional)
     _step_clock: float = 0.0
     _step_started: datetime | None = None
+    _batched: Connection | None = None  # the connection whose step rows travel with each step's COMMIT
 
     @property
     def runs(self) -> sa.Table:
@@ -190,10 +194,17 @@ class Recorder:
         self._step_started = now
         return self.run_id
 
-    def begin_steps(self) -> None:
-        """Start the clock of the first step (env.py calls this right before Alembic runs steps)."""
+    def begin_steps(self, conn: Connection | None = None, *, commits_each_step: bool = False) -> None:
+        """Start the clock of the first step (env.py calls this right before Alembic runs steps).
+
+        ``commits_each_step``: Alembic commits every step on ``conn`` (one transaction per
+        migration, not inside a caller's transaction); on psycopg 3 each step row then
+        travels with its step's COMMIT (see :meth:`_insert_and_commit`).
+        """
         self.migrations_started = True
         self.statements.clear()
+        if conn is not None and commits_each_step and _insert_sql(conn, self.steps_table) is not None:
+            self._batched = conn
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
 
@@ -213,34 +224,74 @@ class Recorder:
             raise ScriptChanged(
                 f"revision {revision} changed on disk while the run was in progress (sha256 {planned.sha256[:12]} planned "
                 f"and judged, {sha256[:12]} now); rerun so the new content is planned and judged", revision=revision)
-        self.record_step(revision=revision, down_revisions=down, direction=direction,
-                         sha256=sha256, status=SUCCEEDED, conn=ctx.connection,
-                         reviewer=self.reviewers.get(revision))
+        record, row = self._step_row(revision=revision, down_revisions=down, direction=direction, sha256=sha256,
+                                     status=SUCCEEDED, reviewer=self.reviewers.get(revision))
+        if self._batched is not None and ctx.connection is self._batched:
+            self._insert_and_commit(ctx.connection, row)
+        else:
+            ctx.connection.execute(self.steps_table.insert(), row)
+        self._restart_clock()
+        self._accept(record)
 
     def record_step(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
                     status: str, error: str | None = None, conn: Connection | None = None,
                     reviewer: str | None = None) -> StepRecord:
         """Insert one step row and restart the step clock."""
-        now = time.perf_counter()
+        record, row = self._step_row(revision=revision, down_revisions=down_revisions, direction=direction,
+                                     sha256=sha256, status=status, error=error, reviewer=reviewer)
+        (conn or self.conn).execute(self.steps_table.insert(), row)
+        self._restart_clock()
+        self._accept(record)
+        return record
+
+    def _step_row(self, *, revision: str, down_revisions: tuple[str, ...], direction: str, sha256: str | None,
+                  status: str, error: str | None = None, reviewer: str | None = None) -> tuple[StepRecord, dict[str, Any]]:
+        """Return the next step's record and its row, timed from the step clock."""
         record = StepRecord(
-            seq=len(self.steps) + 1, revision=revision, down_revisions=down_revisions, direction=direction,
-            script_sha256=sha256, started_at=self._step_started or utcnow(),
-            duration_ms=round((now - self._step_clock) * 1000, 3), status=status,
+            seq=len(self.steps) + 1, revision=revision, down_revisions=down_revisions,
+            direction=direction, script_sha256=sha256, started_at=self._step_started or utcnow(),
+            duration_ms=round((time.perf_counter() - self._step_clock) * 1000, 3), status=status,
             error=redact(error) if error else None, reviewer=reviewer,
         )
-        (conn or self.conn).execute(self.steps_table.insert(), {
+        return record, {
             "run_id": self.run_id, "seq": record.seq, "revision": record.revision,
             "down_revisions": join_ids(record.down_revisions), "direction": record.direction,
             "script_sha256": record.script_sha256, "reviewer": record.reviewer, "started_at": record.started_at,
             "duration_ms": record.duration_ms, "status": record.status, "error": record.error,
-        })
-        self.steps.append(record)
-        self.statements.clear()
+        }
+
+    def _restart_clock(self) -> None:
+        """Start timing the next step."""
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
+
+    def _accept(self, record: StepRecord) -> None:
+        """Count a step whose row is written and report it."""
+        self.steps.append(record)
+        self.statements.clear()  # what the next step runs is the next step's
         if self.on_step is not None:
             self.on_step(record)
-        return record
+
+    def _insert_and_commit(self, conn: Connection, row: dict[str, Any]) -> None:
+        """Send the step's row and its transaction's COMMIT as one message (no extra round trip).
+
+        Called last in the step, where Alembic would commit next: the row is
+        committed with the step or not at all. Alembic's own commit that follows
+        finds the transaction closed, and psycopg sends nothing for it. If the
+        row or the COMMIT fails, the transaction is rolled back and the error
+        raised as the step's failure, as an INSERT on its own would.
+        """
+        import psycopg
+
+        sql = _insert_sql(conn, self.steps_table)
+        raw = conn.connection.dbapi_connection
+        try:
+            with psycopg.ClientCursor(raw) as cursor:  # psycopg binds the values client-side
+                cursor.execute(cursor.mogrify(sql, row) + "; COMMIT")  # nothing after a failing INSERT runs
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            raise sa.exc.DBAPIError.instance(sql, row, exc, psycopg.Error, dialect=conn.dialect) from exc
 
     def finish_run(self, *, status: str, heads_after: Iterable[str] | None, error: str | None = None) -> None:
         """Close the current run row with its final status."""
@@ -309,6 +360,30 @@ def _script_sha256(script: Any, planned: Any = None) -> str | None:
         return sha256_of(Path(path))
     except OSError:
         return None
+
+
+_insert_sql_cache: dict[tuple[Any, ...], str | None] = {}
+
+
+def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
+    """Return the step INSERT as psycopg 3 takes it, or None where rows cannot travel with the COMMIT.
+
+    Only a synchronous psycopg 3 connection qualifies, and only while SQLAlchemy
+    would pass every value to the driver unchanged (psycopg then quotes them).
+    """
+    dialect = conn.dialect
+    if dialect.driver != "psycopg" or getattr(dialect, "is_async", False):
+        return None
+    import psycopg
+
+    key = (dialect.__class__, dialect.server_version_info, steps.schema)
+    if key not in _insert_sql_cache:
+        columns = [c.name for c in steps.c]
+        compiled = steps.insert().compile(dialect=dialect, column_keys=columns)
+        plain = all(c.type.dialect_impl(dialect).bind_processor(dialect) is None for c in steps.c)
+        usable = plain and not compiled.positional and dialect.paramstyle == "pyformat"
+        _insert_sql_cache[key] = str(compiled) if usable else None
+    return _insert_sql_cache[key] if isinstance(conn.connection.dbapi_connection, psycopg.Connection) else None
 
 
 def _stat_key(path: Any) -> tuple[int, int]:
