@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from alembic.util import CommandError
@@ -165,12 +166,31 @@ def excluding(tables: tuple[str, ...], user_filter: Callable[..., bool] | None =
     return include_object
 
 
+def _forget_other_copy(package: str, root: Path) -> None:
+    """Drop ``package`` from sys.modules when it was imported from elsewhere and the project has its own copy."""
+    loaded = sys.modules.get(package)
+    if loaded is None:
+        return
+    origin = getattr(loaded, "__file__", None) or next(iter(getattr(loaded, "__path__", None) or ()), None)
+    own = root / package
+    if origin is None or not (own.is_dir() or own.with_suffix(".py").is_file()):
+        return
+    if Path(origin).resolve().is_relative_to(root.resolve()):
+        return
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
 def import_object(spec: str, registry: Registry) -> Any:
     """Import ``package.module:attr.path`` with the project root on ``sys.path``."""
     module_name, _, attr_path = spec.partition(":")
     root = str(registry.root)
-    if root not in sys.path:
+    if sys.path[:1] != [root]:
+        if root in sys.path:
+            sys.path.remove(root)
         sys.path.insert(0, root)
+    _forget_other_copy(module_name.partition(".")[0], registry.root)
     try:
         obj: Any = importlib.import_module(module_name)
         for part in filter(None, attr_path.split(".")):

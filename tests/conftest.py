@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psycopg  # noqa: F401  (imported before pytester's in-process runs, which drop modules first imported inside them)
+import pymysql  # noqa: F401
 import pytest
 import sqlalchemy as sa
 import yaml

@@ -120,3 +120,27 @@ def test_users_own_env_py_gets_lock_and_history_with_alembic_env(tmp_path: Path,
     assert query(urls["prod"], "SELECT version_num FROM alembic_version") == [(PROD_HEAD,)]
     assert "alembic_version" not in table_names(urls["dev"])
     assert query(urls["prod"], "SELECT env, command, status FROM orchestrator_runs") == [("prod", "upgrade", "succeeded")]
+
+
+def test_import_object_takes_each_projects_own_copy_of_the_models(tmp_path: Path) -> None:
+    from orchestrator.envpy import import_object
+    from orchestrator.registry import load_registry
+
+    registries = []
+    for name, table in (("one", "first_table"), ("two", "second_table")):
+        root = tmp_path / name
+        (root / "mymodels").mkdir(parents=True)
+        (root / "versions").mkdir()
+        (root / "mymodels" / "__init__.py").write_text(
+            f"import sqlalchemy as sa\nmetadata = sa.MetaData()\nsa.Table({table!r}, metadata, sa.Column('id', sa.Integer))\n")
+        (root / "envs").mkdir()
+        (root / "envs" / "registry.yaml").write_text(
+            "version: 1\nproject: {root: .., target_metadata: 'mymodels:metadata'}\n"
+            f"environments: {{main: {{url: 'sqlite:///{root}/main.db', version_locations: [versions]}}}}\n")
+        registries.append(load_registry(root / "envs" / "registry.yaml"))
+    try:
+        assert list(import_object("mymodels:metadata", registries[0]).tables) == ["first_table"]
+        assert list(import_object("mymodels:metadata", registries[1]).tables) == ["second_table"]
+        assert list(import_object("mymodels:metadata", registries[1]).tables) == ["second_table"]  # kept while the same
+    finally:
+        sys.modules.pop("mymodels", None)

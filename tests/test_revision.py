@@ -58,7 +58,7 @@ def test_autogenerate_against_an_unreachable_server_is_a_database_error(tmp_path
 
     result = project.cli("-q", "revision", "-m", "next", "--autogenerate")
 
-    assert (result.exit_code, result.stdout) == (1, "")  # a database failure, not a usage error
+    assert (result.exit_code, result.stdout) == (1, ""), result.stderr  # a database failure, not a usage error
     assert result.stderr.startswith("error: environment 'main': cannot connect to postgresql+psycopg://app:***@127.0.0.1:1/app: ")
     assert result.stderr.endswith("; check that the server is up and the URL is right\n")
     assert sorted(p.name for p in (project.root / "versions_prod").iterdir()) == before
