@@ -14,9 +14,6 @@ from typing import Callable
 from orchestrator.output import inert
 from orchestrator.report import APPLIED, NOT_VISIBLE, PENDING, Cell, EnvironmentReport, NotableRun, Report
 
-FORMATS = ("text", "json", "markdown", "html")
-
-
 def render(report: Report, fmt: str) -> str:
     """Return the report in ``fmt`` (text, json, markdown or html)."""
     if fmt == "json":
