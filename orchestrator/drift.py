@@ -330,18 +330,23 @@ def model_differences(ctx: EnvContext) -> list[Difference]:
         return run_with_connection(url, ctx.name, lambda conn: _autogenerate_differences(conn, ctx, metadata))
 
 
-def _autogenerate_differences(conn: Connection, ctx: EnvContext, metadata: Any) -> list[Difference]:
-    """Run Alembic's compare_metadata on ``conn`` and describe each difference."""
-    from alembic.autogenerate import compare_metadata
+def comparison_context(conn: Connection, ctx: EnvContext, metadata: Any) -> Any:
+    """Return the MigrationContext autogenerate compares ``metadata`` through, leaving out what drift ignores."""
     from alembic.runtime.migration import MigrationContext
 
     from orchestrator.envpy import excluding
 
-    mc = MigrationContext.configure(conn, opts={
+    return MigrationContext.configure(conn, opts={
         "target_metadata": metadata, "include_object": excluding(ctx.env.exclude_tables), "compare_type": True,
         "version_table": ctx.env.version_table, "version_table_schema": ctx.env.version_table_schema,
     })
-    diffs = compare_metadata(mc, metadata)
+
+
+def _autogenerate_differences(conn: Connection, ctx: EnvContext, metadata: Any) -> list[Difference]:
+    """Run Alembic's compare_metadata on ``conn`` and describe each difference."""
+    from alembic.autogenerate import compare_metadata
+
+    diffs = compare_metadata(comparison_context(conn, ctx, metadata), metadata)
     conn.rollback()
     flat = [d for entry in diffs for d in (entry if isinstance(entry, list) else [entry])]
     found = [_describe_autogenerate(d) for d in flat]

@@ -305,9 +305,9 @@ def up_down_consistency(subject: Subject) -> None:
 def model_definitions_match_ddl(subject: Subject) -> None:
     """At heads, autogenerate finds nothing to do: the models describe the database the migrations build."""
     from alembic.autogenerate import produce_migrations, render_python_code
-    from alembic.runtime.migration import MigrationContext
 
-    from orchestrator.envpy import excluding, import_object
+    from orchestrator.drift import comparison_context
+    from orchestrator.envpy import import_object
 
     ctx = subject.context()
     _upgrade(subject, ctx, "heads", "upgrade from an empty database")
@@ -319,11 +319,7 @@ def model_definitions_match_ddl(subject: Subject) -> None:
         raise MigrationCheckFailure(f"{subject.where()}: {exc}") from None
 
     def compare(conn: Connection) -> str | None:
-        mc = MigrationContext.configure(conn, opts={
-            "target_metadata": metadata, "include_object": excluding(ctx.env.exclude_tables),
-            "version_table": ctx.env.version_table, "version_table_schema": ctx.env.version_table_schema,
-        })
-        ops = produce_migrations(mc, metadata).upgrade_ops
+        ops = produce_migrations(comparison_context(conn, ctx, metadata), metadata).upgrade_ops
         assert ops is not None
         if ops.is_empty():
             return None
