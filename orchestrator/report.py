@@ -359,16 +359,10 @@ def _ledger(registry: Registry) -> Ledger | None:
 
 
 def _drift(ctx: EnvContext) -> Drift:
-    """Return the environment's drift state (models against its database)."""
+    """Return the environment's drift state (models against its database), as ``check`` judges it."""
     from orchestrator.drift import env_drift
 
-    if database_missing(ctx):
-        return Drift(state="unreachable", differences=[], error=f"environment '{ctx.name}': database file "
-                     f"{ctx.url.database} does not exist")
-    try:
-        return Drift(**env_drift(ctx))
-    except OrchestratorError as exc:
-        return Drift(state="unreachable", differences=[], error=str(exc))
+    return Drift(**env_drift(ctx))  # never raises; a SQLite file not yet made reads as an empty database
 
 
 def _iso(value: datetime) -> str:
