@@ -4,6 +4,11 @@ An :class:`EnvContext` bundles the registry entry, the revision graph the
 environment sees (checked closed), the in-memory Alembic ``Config`` and the
 ``ScriptDirectory`` over the environment's own folders. Building the context
 sets ``ALEMBIC_ENV`` so that code run by Alembic sees the same environment.
+
+A context made for one environment alone loads that environment's scripts
+while reading its folders (as Alembic would) and hands the loaded modules to
+its ``ScriptDirectory``; contexts made together for several environments only
+parse the scripts, and Alembic loads an environment's scripts if it runs there.
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, TextIO
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionMap
+from alembic.util import warn
 from sqlalchemy.engine import URL
 
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
@@ -36,6 +44,8 @@ class EnvContext:
     env: Environment
     _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
     _stamp: Stamp | None = field(default=None, repr=False)
+    # load this environment's own scripts while reading the folders (instead of parsing them)
+    load_scripts: bool = False
 
     @property
     def name(self) -> str:
@@ -45,7 +55,7 @@ class EnvContext:
         """Read the folders again if any script was added, removed or changed since they were read."""
         if self._stamp is not None and self._stamp == self._current_stamp():
             return
-        for cached in ("all_files", "graph", "script"):
+        for cached in ("all_files", "graph", "script", "directory"):
             self.__dict__.pop(cached, None)
         self._all_files = None
         self._stamp = None
@@ -62,8 +72,11 @@ class EnvContext:
     def all_files(self) -> dict[str, RevisionFile]:
         """Return every revision in every folder of the registry, ids checked unique."""
         if self._all_files is None:
+            load = self.env.version_locations if self.load_scripts else ()
+            if load:
+                self.directory  # puts prepend_sys_path on sys.path first, as Alembic does before loading
             files, self._stamp = read_folders_stamped(self.registry.all_folders(),
-                                                      recursive=self.env.recursive_version_locations)
+                                                      recursive=self.env.recursive_version_locations, load=load)
             self._all_files = index_unique(files, self.registry.root)
         else:
             self._stamp = self._current_stamp()
@@ -86,10 +99,50 @@ class EnvContext:
         return cfg
 
     @cached_property
+    def directory(self) -> ScriptDirectory:
+        """Return Alembic's ScriptDirectory for this environment, before it has read any script."""
+        return ScriptDirectory.from_config(self.config())
+
+    @cached_property
     def script(self) -> ScriptDirectory:
         """Return Alembic's view of this environment's folders."""
-        self.graph  # refuse an unclosed graph before Alembic trips over it
-        return ScriptDirectory.from_config(self.config())
+        graph = self.graph  # refuse an unclosed graph before Alembic trips over it
+        script = self.directory
+        # keyed as Alembic will find them: the real path of the folder, then the script's path inside it
+        real = {folder: (os.path.realpath(folder), len(str(folder))) for folder in self.env.version_locations}
+        _take_loaded(script, {real[f.folder][0] + str(f.path)[real[f.folder][1]:]: f for f in graph.revisions.values()
+                              if f.module is not None and f.folder in real})
+        return script
+
+
+def _take_loaded(script: ScriptDirectory, loaded: dict[str, RevisionFile]) -> None:
+    """Make ``script`` build its revision map from the scripts already loaded while the folders were read.
+
+    Alembic's own listing decides which files and in which order (as in
+    ``ScriptDirectory._load_revisions``); a file loaded before becomes a
+    ``Script`` from its module instead of being loaded a second time, and any
+    other file is loaded by Alembic as usual.
+    """
+    locations = getattr(script, "_version_locations", None)
+    if not loaded or locations is None or not hasattr(Script, "_list_py_dir") or not hasattr(Script, "_from_path"):
+        return  # an Alembic laid out otherwise loads them itself
+
+    def load_revisions() -> Iterator[Script]:
+        seen = set()
+        for folder in [Path(v) for v in locations if Path(v).exists()]:
+            for file_path in Script._list_py_dir(script, folder):
+                real_path = Path(file_path).resolve()
+                if real_path in seen:
+                    warn(f"File {real_path} loaded twice! ignoring. Please ensure version_locations is unique.")
+                    continue
+                seen.add(real_path)
+                found = loaded.get(str(real_path))
+                found_script = (Script(found.module, found.revision, real_path) if found is not None
+                                else Script._from_path(script, real_path))
+                if found_script is not None:
+                    yield found_script
+
+    script.revision_map = RevisionMap(load_revisions)
 
 
 def alembic_options(env: Environment, registry: Registry, *, separator: str = "newline") -> dict[str, str]:
@@ -131,7 +184,7 @@ def contexts(registry: Registry, names: list[str] | None = None) -> list[EnvCont
     shared: dict[str, RevisionFile] | None = None
     result = []
     for env in chosen:
-        ctx = EnvContext(registry, env, shared)
+        ctx = EnvContext(registry, env, shared, load_scripts=len(chosen) == 1)
         if shared is None:
             shared = ctx.all_files
             ctx._all_files = shared

@@ -1,8 +1,12 @@
-"""Read revision scripts from the version folders without running them.
+"""Read revision scripts from the version folders.
 
-Each file is parsed (not imported) for its ``revision``, ``down_revision``,
-``branch_labels`` and ``depends_on`` assignments and hashed, so the graph of
-every environment can be checked before Alembic loads anything.
+Each file is hashed and read for its ``revision``, ``down_revision``,
+``branch_labels`` and ``depends_on``, so the graph of every environment can be
+checked before Alembic builds its own. A folder is either parsed (not run:
+other environments' folders, and every folder when several environments are
+read together) or loaded the way Alembic loads it (the folders of the one
+environment about to run Alembic): the loaded module is then handed to
+Alembic, so each script is loaded once, not parsed and then loaded.
 """
 from __future__ import annotations
 
@@ -11,9 +15,10 @@ import fnmatch
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from types import ModuleType
+from typing import Any, Collection, Iterable
 
 from alembic.util import load_python_file
 
@@ -37,6 +42,8 @@ class RevisionFile:
     folder: Path
     sha256: str
     stat_key: tuple[int, int] = (0, 0)  # (size, mtime_ns) when read
+    # the module as Alembic loads it, when the folder was loaded rather than parsed
+    module: ModuleType | None = field(default=None, compare=False, repr=False)
 
     def display_path(self, root: Path) -> str:
         """Return the path relative to ``root`` where possible."""
@@ -44,16 +51,21 @@ class RevisionFile:
 
 
 def path_for_display(path: Path | str, root: Path) -> str:
-    """Return ``path`` relative to the project root where possible."""
+    """Return ``path`` relative to the project root where possible (lexically, as ``Path.relative_to``)."""
+    if isinstance(path, Path):  # already normalised: a prefix test says the same as relative_to, without its cost
+        text, prefix = str(path), os.path.join(str(root), "")
+        if text.startswith(prefix) and len(text) > len(prefix):
+            return text[len(prefix):]
     try:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path | str) -> str:
     """Return the sha256 hex digest of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
 
 
 Stamp = tuple[tuple[str, int, int], ...]
@@ -85,9 +97,19 @@ def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
     """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
     stamp = []
     for folder in folders:
-        for path in _scripts(folder, recursive):
-            st = os.stat(path)
-            stamp.append((str(path), st.st_size, st.st_mtime_ns))
+        if recursive:
+            for path in _scripts(folder, recursive):
+                st = os.stat(path)
+                stamp.append((str(path), st.st_size, st.st_mtime_ns))
+            continue
+        try:
+            with os.scandir(folder) as entries:  # the same files as _scripts, without a Path for each
+                for e in entries:
+                    if fnmatch.fnmatch(e.name, "*.py"):
+                        st = os.stat(e.path)
+                        stamp.append((e.path, st.st_size, st.st_mtime_ns))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
     return tuple(sorted(stamp))
 
 
@@ -96,18 +118,21 @@ def read_folders(folders: Iterable[Path], *, recursive: bool = False) -> list[Re
     return read_folders_stamped(folders, recursive=recursive)[0]
 
 
-def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False) -> tuple[list[RevisionFile], Stamp]:
+def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False,
+                         load: Collection[Path] = ()) -> tuple[list[RevisionFile], Stamp]:
     """Return the revision files of several folders and the stamp of what was read, in one pass.
 
-    Each file is stat-ed before it is read, so a change made while reading
-    shows as a different stamp next time.
+    Scripts in ``load`` folders are loaded as Alembic loads them (and keep
+    their module); the others are only parsed. Each file is stat-ed before it
+    is read, so a change made while reading shows as a different stamp next time.
     """
     files: list[RevisionFile] = []
     stamp = []
     for folder in folders:
+        read = load_revision_file if folder in load else read_revision_file
         for path in _scripts(folder, recursive):
             if _is_revision_file(path):
-                found = read_revision_file(path, folder)
+                found = read(path, folder)
                 files.append(found)
                 size, mtime_ns = found.stat_key
             else:
@@ -117,18 +142,40 @@ def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False) ->
     return files, tuple(sorted(stamp))
 
 
+def _read_bytes(path: Path) -> tuple[os.stat_result, bytes]:
+    with open(path, "rb") as handle:
+        return os.fstat(handle.fileno()), handle.read()
+
+
+def _syntax_error(path: Path, folder: Path, exc: SyntaxError) -> GraphError:
+    return GraphError(f"{_short(path, folder)}:{exc.lineno}: revision script has a syntax error: {exc.msg}; fix the file")
+
+
 def read_revision_file(path: Path, folder: Path) -> RevisionFile:
     """Parse one revision script for its identifiers, falling back to importing it."""
-    with open(path, "rb") as handle:
-        st = os.fstat(handle.fileno())
-        data = handle.read()
+    st, data = _read_bytes(path)
     try:
         tree = ast.parse(data, filename=str(path))
     except SyntaxError as exc:
-        raise GraphError(f"{_short(path, folder)}:{exc.lineno}: revision script has a syntax error: {exc.msg}; fix the file") from None
+        raise _syntax_error(path, folder, exc) from None
     values = _literal_assignments(tree)
     if values is None:
         values = _imported_assignments(path, folder)
+    return _revision_file(path, folder, st, data, values, _message(tree))
+
+
+def load_revision_file(path: Path, folder: Path) -> RevisionFile:
+    """Load one revision script as Alembic does and read its identifiers from the module."""
+    st, data = _read_bytes(path)
+    module = _load(path, folder)
+    values = {name: getattr(module, name, None) for name in _FIELDS}
+    doc = module.__doc__
+    return _revision_file(path, folder, st, data, values, _first_line(doc) if isinstance(doc, str) else "", module)
+
+
+def _revision_file(path: Path, folder: Path, st: os.stat_result, data: bytes, values: dict[str, Any], message: str,
+                   module: ModuleType | None = None) -> RevisionFile:
+    """Check the identifiers read from one script and return its RevisionFile."""
     if not isinstance(values.get("revision"), str) or not values["revision"]:
         raise GraphError(f"{_short(path, folder)}: no 'revision = \"...\"' assignment; "
                          "every file in a version folder must be a revision script")
@@ -143,11 +190,12 @@ def read_revision_file(path: Path, folder: Path) -> RevisionFile:
         down_revisions=refs["down_revision"],
         depends_on=refs["depends_on"],
         branch_labels=refs["branch_labels"],
-        message=_message(tree),
+        message=message,
         path=path,
         folder=folder,
         sha256=hashlib.sha256(data).hexdigest(),
         stat_key=(st.st_size, st.st_mtime_ns),
+        module=module,
     )
 
 
@@ -174,12 +222,19 @@ def _literal_assignments(tree: ast.Module) -> dict[str, Any] | None:
 
 def _imported_assignments(path: Path, folder: Path) -> dict[str, Any]:
     """Import the script the way Alembic does and read its identifiers."""
+    module = _load(path, folder)
+    return {name: getattr(module, name, None) for name in _FIELDS}
+
+
+def _load(path: Path, folder: Path) -> ModuleType:
+    """Load a script with Alembic's own loader; a failure is the script's, named by its path."""
     try:
-        module = load_python_file(str(path.parent), path.name)
+        return load_python_file(str(path.parent), path.name)
+    except SyntaxError as exc:
+        raise _syntax_error(path, folder, exc) from None
     except Exception as exc:
         detail = " ".join(str(exc).split())
         raise GraphError(f"{_short(path, folder)}: cannot import revision script: {exc.__class__.__name__}: {detail}") from None
-    return {name: getattr(module, name, None) for name in _FIELDS}
 
 
 def _short(path: Path, folder: Path) -> str:
@@ -197,7 +252,12 @@ def _message(tree: ast.Module) -> str:
     first = tree.body[0] if tree.body else None
     if not isinstance(first, ast.Expr) or not isinstance(first.value, ast.Constant) or not isinstance(first.value.value, str):
         return ""
-    doc = first.value.value.expandtabs().strip()
+    return _first_line(first.value.value)
+
+
+def _first_line(doc: str) -> str:
+    """Return the first line of a docstring's text."""
+    doc = doc.expandtabs().strip()
     return doc.splitlines()[0] if doc else ""
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
 from orchestrator.errors import MigrationFailed
+from orchestrator.loader import sha256_of
 from orchestrator.redact import redact
 
 RUNS_TABLE = "orchestrator_runs"
@@ -151,6 +152,8 @@ class Recorder:
     _step_clock: float = 0.0
     _step_started: datetime | None = None
     _batched: Connection | None = None  # the connection whose step rows travel with each step's COMMIT
+    _batched_sql: str = ""  # the step INSERT followed by COMMIT, for psycopg to bind client-side
+    _cursor: Any = None  # the psycopg ClientCursor that sends it, kept for the run
 
     @property
     def runs(self) -> sa.Table:
@@ -203,8 +206,9 @@ class Recorder:
         """
         self.migrations_started = True
         self.statements.clear()
-        if conn is not None and commits_each_step and _insert_sql(conn, self.steps_table) is not None:
-            self._batched = conn
+        sql = _insert_sql(conn, self.steps_table) if conn is not None and commits_each_step else None
+        if sql is not None:
+            self._batched, self._batched_sql = conn, sql + "; COMMIT"  # nothing after a failing INSERT runs
         self._step_clock = time.perf_counter()
         self._step_started = utcnow()
 
@@ -283,15 +287,16 @@ class Recorder:
         """
         import psycopg
 
-        sql = _insert_sql(conn, self.steps_table)
         raw = conn.connection.dbapi_connection
+        cursor = self._cursor
+        if cursor is None or cursor.closed or cursor.connection is not raw:
+            cursor = self._cursor = psycopg.ClientCursor(raw)  # binds the values client-side, simple protocol
         try:
-            with psycopg.ClientCursor(raw) as cursor:  # psycopg binds the values client-side
-                cursor.execute(cursor.mogrify(sql, row) + "; COMMIT")  # nothing after a failing INSERT runs
+            cursor.execute(self._batched_sql, row)
         except Exception as exc:
             with contextlib.suppress(Exception):
                 raw.rollback()
-            raise sa.exc.DBAPIError.instance(sql, row, exc, psycopg.Error, dialect=conn.dialect) from exc
+            raise sa.exc.DBAPIError.instance(self._batched_sql, row, exc, psycopg.Error, dialect=conn.dialect) from exc
 
     def finish_run(self, *, status: str, heads_after: Iterable[str] | None, error: str | None = None) -> None:
         """Close the current run row with its final status."""
@@ -347,17 +352,13 @@ def last_run(conn: Connection, env: str, schema: str | None = None) -> dict[str,
 
 def _script_sha256(script: Any, planned: Any = None) -> str | None:
     """Return the sha256 of a Script's file; unchanged size and mtime keep the planned hash (no re-read)."""
-    from pathlib import Path
-
-    from orchestrator.loader import sha256_of
-
     path = getattr(script, "path", None)
     if not path:
         return None
     try:
-        if planned is not None and planned.stat_key == _stat_key(Path(path)):
+        if planned is not None and planned.stat_key == _stat_key(path):
             return planned.sha256
-        return sha256_of(Path(path))
+        return sha256_of(path)
     except OSError:
         return None
 
@@ -388,7 +389,7 @@ def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
 
 def _stat_key(path: Any) -> tuple[int, int]:
     """Return (size, mtime_ns): what tells a file changed without reading it."""
-    st = path.stat()
+    st = os.stat(path)
     return st.st_size, st.st_mtime_ns
 
 

@@ -248,6 +248,57 @@ def test_script_failing_on_import_with_a_multi_line_error_gives_one_line(tree: T
                      f"vp/{bad.name}: cannot import revision script: RuntimeError: line one line two")
 
 
+def test_a_script_failing_on_import_breaks_only_the_environments_that_load_it(tree: Tree) -> None:
+    # literal ids: parsing it is fine, running it is not; prod does not list vt, so it never runs it
+    bad = tree.add("vt", "ccc_raises.py", script("ccc", "bbb", message="raises").replace(
+        "from alembic import op\n", "from alembic import op\nraise RuntimeError('needs the test fixtures')\n"))
+    prod = tree.cli("--env", "prod", "heads", "--json")
+    assert prod.exit_code == 0, prod.output
+    assert [h["revision"] for h in json.loads(prod.stdout)["heads"]] == ["bbb"]
+    assert_one_error(tree.cli("--env", "dev", "heads"),
+                     f"vt/{bad.name}: cannot import revision script: RuntimeError: needs the test fixtures")
+    assert_no_database(tree)
+
+
+def test_one_environment_loads_each_of_its_scripts_once_and_alembic_runs_those_modules(
+        tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    import alembic.script.base
+
+    import orchestrator.loader
+    from orchestrator.context import contexts
+
+    tree.add("vp", "ccc_third.py", script("ccc", "bbb", message="third"))
+    tree.add("vt", "ddd_test.py", script("ddd", "ccc", message="test only"))
+    loads: list[str] = []
+    real = orchestrator.loader.load_python_file
+
+    def counting(dir_: str, filename: str):  # the real loader, counted
+        loads.append(filename)
+        return real(dir_, filename)
+
+    monkeypatch.setattr(orchestrator.loader, "load_python_file", counting)
+    monkeypatch.setattr(alembic.script.base.util, "load_python_file", counting)
+    ctx, = contexts(load_registry(tree.registry_path), ["prod"])
+    result = ctx.script.get_revisions("heads")
+    assert [r.revision for r in result] == ["ccc"]
+    # prod's three scripts loaded once each, while its folders were read; vt's script only parsed
+    assert sorted(loads) == ["aaa_first.py", "bbb_second.py", "ccc_third.py"]
+    for rev in ("aaa", "bbb", "ccc"):
+        assert ctx.script.get_revision(rev).module is ctx.graph.revisions[rev].module is not None
+    assert ctx.all_files["ddd"].module is None
+    # several environments read together are only parsed
+    loads.clear()
+    both = contexts(load_registry(tree.registry_path), ["prod", "dev"])
+    assert set(both[1].graph.revisions) == {"aaa", "bbb", "ccc", "ddd"} and loads == []
+    # a real upgrade on SQLite: each script loaded once (and the env.py), Alembic runs those modules
+    loads.clear()
+    run = tree.cli("--env", "prod", "upgrade")
+    assert run.exit_code == 0, run.output
+    assert sorted(loads) == ["aaa_first.py", "bbb_second.py", "ccc_third.py", "env.py"]
+    current = tree.cli("--env", "prod", "current", "--json")
+    assert [h["revision"] for h in json.loads(current.stdout)["heads"]] == ["ccc"]
+
+
 # ---------------------------------------------------------------------------- the demo graph per environment
 
 
