@@ -21,9 +21,12 @@ from base to head with:
 Each tool runs as a subprocess (``python -m alembic`` / ``python -m orchestrator``,
 so interpreter and import start-up are included) and in-process
 (``alembic.command.upgrade`` / ``orchestrator.commands.upgrade``, so they are
-not). Runs alternate their order, every run gets its own fresh database, and
-the medians are reported with the ratio orchestrator / alembic. Peak RSS of
-each subprocess is taken from its own ``wait4`` rusage.
+not). In every round ``alembic`` and ``orchestrator`` run back to back, each
+first in every other round, then the extra lines; every run gets its own fresh
+database. Medians per tool are reported, and the target is judged on the median
+of the rounds' paired ratios orchestrator / alembic (the machine's speed drifts
+between rounds, which moves per-tool medians but not a back-to-back pair).
+Peak RSS of each subprocess is taken from its own ``wait4`` rusage.
 
 Speed is reported as ratios against bare Alembic measured in the same run;
 nothing here asserts a time.
@@ -455,7 +458,9 @@ def measure_dialect(ws: Workspace, dialect: Dialect, spawner: Spawner, repeat: i
         dialect.drop(url)
 
     for i in range(repeat):
-        order = tools if i % 2 == 0 else tuple(reversed(tools))
+        # the two compared tools run back to back, each first in every other round; the extra lines after them
+        pair, extras = tools[:2], tools[2:]
+        order = (pair if i % 2 == 0 else pair[::-1]) + (extras if i % 2 == 0 else extras[::-1])
         for tool in order:
             tag, url = fresh(tool, "sub")
             argv = subprocess_argv(ws, tool, url, tag)
@@ -514,8 +519,9 @@ def measure_dialect(ws: Workspace, dialect: Dialect, spawner: Spawner, repeat: i
     result["rounds_within_target"] = sum(r <= TARGET_RATIO for r in paired)
     # subprocess minus in-process: interpreter, imports, cold caches, process exit
     result["startup_s"] = {t: round(med["sub"][t] - med["inp"][t], 4) for t in tools}
-    sub_ratio = result["ratios"]["subprocess_time"]
-    result["target_met"] = sub_ratio is not None and sub_ratio <= TARGET_RATIO
+    # judged on the paired median: the machine's speed drifts between rounds (here by up to 2x within
+    # minutes), which moves medians taken per tool but not the ratio of two runs made back to back
+    result["target_met"] = result["ratios"]["subprocess_time_paired_median"] <= TARGET_RATIO
     return result
 
 
@@ -566,7 +572,7 @@ def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines.append(f"orchestrator upgrade vs bare alembic upgrade head: {report['revisions']} revisions, "
                  f"each {report['trivial']}")
-    lines.append(f"median of {report['repeat']} runs per line, fresh database per run, order alternating; "
+    lines.append(f"median of {report['repeat']} runs per line, fresh database per run, the compared pair back to back, order alternating; "
                  f"{m['date']}, {m['cpus']} cpus, Python {m['python']}, alembic {m['alembic']}, "
                  f"SQLAlchemy {m['sqlalchemy']}, orchestrator {m['orchestrator']}; "
                  f"load average {m['load_avg_1m_before']} before, {m['load_avg_1m_after']} after")
@@ -589,14 +595,14 @@ def render(report: dict[str, Any]) -> str:
         r = d["ratios"]
         verdict = "met" if d["target_met"] else "NOT met"
         lines.append(f"{'':<11} orchestrator/alembic: subprocess {r['subprocess_time']:.3f}x "
-                     f"(target <= {TARGET_RATIO:.2f}x: {verdict}; best-of {r['subprocess_time_best']:.3f}x; "
+                     f"(best-of {r['subprocess_time_best']:.3f}x; "
                      f"client CPU {r['subprocess_cpu']:.3f}x), "
                      f"in-process {r['in_process_time']:.3f}x (CPU {r['in_process_cpu']:.3f}x), "
                      f"peak RSS {r['subprocess_peak_rss']:.3f}x")
         pairs = d["paired_subprocess_ratios"]
-        lines.append(f"{'':<11} paired rounds (orchestrator/alembic, same round): median {r['subprocess_time_paired_median']:.3f}x, "
-                     f"range {min(pairs):.3f}x to {max(pairs):.3f}x, {d['rounds_within_target']} of {len(pairs)} rounds "
-                     f"within {TARGET_RATIO:.2f}x")
+        lines.append(f"{'':<11} paired rounds (orchestrator/alembic, same round): median {r['subprocess_time_paired_median']:.3f}x "
+                     f"(target <= {TARGET_RATIO:.2f}x: {verdict}), range {min(pairs):.3f}x to {max(pairs):.3f}x, "
+                     f"{d['rounds_within_target']} of {len(pairs)} rounds within {TARGET_RATIO:.2f}x")
         for extra in list(d["subprocess"])[2:]:
             lines.append(f"{'':<11} orchestrator/{extra} (extra): subprocess "
                          f"{r[f'subprocess_time_vs_{extra}']:.3f}x, in-process {r[f'in_process_time_vs_{extra}']:.3f}x")
