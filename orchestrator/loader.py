@@ -75,12 +75,17 @@ def _scripts(folder: Path, recursive: bool) -> list[Path]:
     """Return the ``*.py`` files of a folder (and its subfolders when recursive), sorted by path."""
     if recursive:
         return sorted(folder.rglob("*.py"))
+    return [folder / name for name in _script_names(folder)]
+
+
+def _script_names(folder: Path) -> list[str]:
+    """Return the names of the ``*.py`` files directly in a folder, sorted."""
     try:
         with os.scandir(folder) as entries:
             names = [e.name for e in entries if fnmatch.fnmatch(e.name, "*.py")]
     except (FileNotFoundError, NotADirectoryError):
         return []  # as Path.glob: a missing folder holds nothing
-    return [folder / name for name in sorted(names, key=os.path.normcase)]
+    return sorted(names, key=os.path.normcase)
 
 
 def _is_revision_file(path: Path) -> bool:
@@ -97,19 +102,12 @@ def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
     """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
     stamp = []
     for folder in folders:
-        if recursive:
-            for path in _scripts(folder, recursive):
-                st = os.stat(path)
-                stamp.append((str(path), st.st_size, st.st_mtime_ns))
-            continue
-        try:
-            with os.scandir(folder) as entries:  # the same files as _scripts, without a Path for each
-                for e in entries:
-                    if fnmatch.fnmatch(e.name, "*.py"):
-                        st = os.stat(e.path)
-                        stamp.append((e.path, st.st_size, st.st_mtime_ns))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+        # the same files as _scripts, as strings: no Path object per script
+        paths = ([str(p) for p in _scripts(folder, recursive)] if recursive
+                 else [os.path.join(str(folder), name) for name in _script_names(folder)])
+        for path in paths:
+            st = os.stat(path)
+            stamp.append((path, st.st_size, st.st_mtime_ns))
     return tuple(sorted(stamp))
 
 
@@ -168,9 +166,9 @@ def load_revision_file(path: Path, folder: Path) -> RevisionFile:
     """Load one revision script as Alembic does and read its identifiers from the module."""
     st, data = _read_bytes(path)
     module = _load(path, folder)
-    values = {name: getattr(module, name, None) for name in _FIELDS}
     doc = module.__doc__
-    return _revision_file(path, folder, st, data, values, _first_line(doc) if isinstance(doc, str) else "", module)
+    return _revision_file(path, folder, st, data, _module_values(module), _first_line(doc) if isinstance(doc, str) else "",
+                          module)
 
 
 def _revision_file(path: Path, folder: Path, st: os.stat_result, data: bytes, values: dict[str, Any], message: str,
@@ -222,7 +220,11 @@ def _literal_assignments(tree: ast.Module) -> dict[str, Any] | None:
 
 def _imported_assignments(path: Path, folder: Path) -> dict[str, Any]:
     """Import the script the way Alembic does and read its identifiers."""
-    module = _load(path, folder)
+    return _module_values(_load(path, folder))
+
+
+def _module_values(module: ModuleType) -> dict[str, Any]:
+    """Return a loaded script's identifier attributes (None where missing)."""
     return {name: getattr(module, name, None) for name in _FIELDS}
 
 
