@@ -93,11 +93,6 @@ def _is_revision_file(path: Path) -> bool:
     return bool(_REVISION_FILE.match(path.name)) and "__pycache__" not in path.parts
 
 
-def read_folder(folder: Path, *, recursive: bool = False) -> list[RevisionFile]:
-    """Return the revision files of one folder, sorted by path."""
-    return [read_revision_file(path, folder) for path in _scripts(folder, recursive) if _is_revision_file(path)]
-
-
 def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
     """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
     stamp = []
