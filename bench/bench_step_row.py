@@ -8,7 +8,8 @@ server runs on this machine). Variants run in alternating order; medians are
 printed. No orchestrator code runs here: this isolates the server's side.
 
     python bench/bench_step_row.py                      # 300 steps, 5 rounds
-    python bench/bench_step_row.py --steps 500 --rounds 9 --variants none,row,row-prepared,row-no-index
+    python bench/bench_step_row.py --steps 500 --rounds 9 --variants none,row,row-prepared,row-no-index,row-no-fk
+    python bench/bench_step_row.py --steps 2000 --rounds 3 --no-ddl    # the row alone, without the DDL's scatter
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import statistics
 import sys
 import time
 
-VARIANTS = ("none", "row", "row-prepared", "row-no-index")
+VARIANTS = ("none", "row", "row-prepared", "row-no-index", "row-no-fk")
 
+RUNS_TABLE = "CREATE TABLE orchestrator_runs (run_id VARCHAR(32) PRIMARY KEY, status VARCHAR(16) NOT NULL)"
 STEPS_TABLE = """CREATE TABLE orchestrator_steps (
- run_id VARCHAR(32) NOT NULL, seq INTEGER NOT NULL, revision VARCHAR(255) NOT NULL, down_revisions VARCHAR(1000),
+ run_id VARCHAR(32) NOT NULL{fk}, seq INTEGER NOT NULL, revision VARCHAR(255) NOT NULL, down_revisions VARCHAR(1000),
  direction VARCHAR(8) NOT NULL, script_sha256 VARCHAR(64), reviewer VARCHAR(255), started_at TIMESTAMP NOT NULL,
  duration_ms FLOAT, status VARCHAR(16) NOT NULL, error TEXT, PRIMARY KEY (run_id, seq))"""
 STEPS_INDEX = "CREATE INDEX ix_orchestrator_steps_revision ON orchestrator_steps (revision, started_at)"
@@ -36,7 +38,7 @@ def backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(psycopg, admin: str, dsn: str, variant: str, steps: int) -> tuple[float, float]:
+def one_round(psycopg, admin: str, dsn: str, variant: str, steps: int, ddl: bool = True) -> tuple[float, float]:
     with psycopg.connect(admin, autocommit=True) as a:
         a.execute("DROP DATABASE IF EXISTS orch_bench_step_row WITH (FORCE)")
         a.execute("CREATE DATABASE orch_bench_step_row")
@@ -47,7 +49,10 @@ def one_round(psycopg, admin: str, dsn: str, variant: str, steps: int) -> tuple[
     cur.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
     cur.execute("INSERT INTO alembic_version VALUES ('r0000')")
     if variant != "none":
-        cur.execute(STEPS_TABLE)
+        # as the orchestrator's: each step row references its run row
+        cur.execute(RUNS_TABLE)
+        cur.execute("INSERT INTO orchestrator_runs VALUES (%s, 'running')", ("a" * 32,))
+        cur.execute(STEPS_TABLE.format(fk="" if variant == "row-no-fk" else " REFERENCES orchestrator_runs (run_id)"))
         if variant != "row-no-index":
             cur.execute(STEPS_INDEX)
     if variant == "row-prepared":
@@ -57,10 +62,11 @@ def one_round(psycopg, admin: str, dsn: str, variant: str, steps: int) -> tuple[
     row_sql = INSERT.format(*["%s"] * 6) + "; COMMIT"
     cpu0, start = backend_cpu(pid), time.perf_counter()
     for i in range(1, steps + 1):
-        cur.execute(f"CREATE TABLE t_{i:04d} (id SERIAL NOT NULL, PRIMARY KEY (id))")
+        if ddl:
+            cur.execute(f"CREATE TABLE t_{i:04d} (id SERIAL NOT NULL, PRIMARY KEY (id))")
         cur.execute(f"UPDATE alembic_version SET version_num='r{i:04d}'")
         values = ("a" * 32, i, f"r{i:04d}", f"r{i - 1:04d}", "f" * 64, datetime.datetime.now())
-        if variant in ("row", "row-no-index"):
+        if variant in ("row", "row-no-index", "row-no-fk"):
             cur.execute(row_sql, values)  # the row travels with the COMMIT, as the orchestrator sends it
         elif variant == "row-prepared":
             cur.execute("EXECUTE orch_step (%s, %s, %s, %s, %s, %s); COMMIT", values)
@@ -79,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default="none,row", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--admin-dsn", default=os.environ.get("BENCH_PG_ADMIN_DSN", "host=127.0.0.1 user=postgres dbname=postgres"))
+    parser.add_argument("--no-ddl", action="store_true",
+                        help="leave the CREATE TABLE out of each step: only the version UPDATE (and the row), "
+                             "so the DDL's own scatter does not hide the row's cost")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     if unknown := [v for v in variants if v not in VARIANTS]:
@@ -91,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:
-            results[v].append(one_round(psycopg, args.admin_dsn, dsn, v, args.steps))
+            results[v].append(one_round(psycopg, args.admin_dsn, dsn, v, args.steps, not args.no_ddl))
             print(f"round {r + 1}/{args.rounds} {v:<13} wall {results[v][-1][0]:.3f}s  backend cpu {results[v][-1][1]:.3f}s",
                   file=sys.stderr)
     base = results[variants[0]]
-    print(f"{args.steps} steps per round, {args.rounds} rounds, medians; per-step figures against '{variants[0]}'")
+    print(f"{args.steps} steps per round{' (no DDL: version UPDATE only)' if args.no_ddl else ''}, {args.rounds} rounds, medians; per-step figures against '{variants[0]}'")
     for v in variants:
         wall = statistics.median(x[0] for x in results[v])
         cpu = statistics.median(x[1] for x in results[v])
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         extra_cpu = (cpu - statistics.median(x[1] for x in base)) / args.steps * 1000
         print(f"{v:<13} wall {wall:6.3f}s  backend cpu {cpu:6.3f}s  per step: {extra_wall:+.3f} ms wall, "
               f"{extra_cpu:+.3f} ms backend cpu")
-    print(f"reproduce: python bench/bench_step_row.py --steps {args.steps} --rounds {args.rounds} --variants {args.variants}")
+    print(f"reproduce: python bench/bench_step_row.py --steps {args.steps} --rounds {args.rounds} --variants {args.variants}"
+          + (" --no-ddl" if args.no_ddl else ""))
     return 0
 
 
