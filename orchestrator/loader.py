@@ -93,6 +93,12 @@ def _is_revision_file(path: Path) -> bool:
     return bool(_REVISION_FILE.match(path.name)) and "__pycache__" not in path.parts
 
 
+def stat_key(path: Path | str) -> tuple[int, int]:
+    """Return (size, mtime_ns): what tells a file changed without reading it."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
 def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
     """Return (path, size, mtime_ns) of every script in the folders: equal stamps mean nothing changed."""
     stamp = []
@@ -100,9 +106,7 @@ def folders_stamp(folders: Iterable[Path], *, recursive: bool = False) -> Stamp:
         # the same files as _scripts, as strings: no Path object per script
         paths = ([str(p) for p in _scripts(folder, recursive)] if recursive
                  else [os.path.join(str(folder), name) for name in _script_names(folder)])
-        for path in paths:
-            st = os.stat(path)
-            stamp.append((path, st.st_size, st.st_mtime_ns))
+        stamp.extend((path, *stat_key(path)) for path in paths)
     return tuple(sorted(stamp))
 
 
@@ -129,8 +133,7 @@ def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False,
                 files.append(found)
                 size, mtime_ns = found.stat_key
             else:
-                st = os.stat(path)
-                size, mtime_ns = st.st_size, st.st_mtime_ns
+                size, mtime_ns = stat_key(path)
             stamp.append((str(path), size, mtime_ns))
     return files, tuple(sorted(stamp))
 

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from orchestrator import __version__
 from orchestrator.errors import MigrationFailed
-from orchestrator.loader import sha256_of
+from orchestrator.loader import sha256_of, stat_key
 from orchestrator.redact import redact
 
 RUNS_TABLE = "orchestrator_runs"
@@ -356,7 +356,7 @@ def _script_sha256(script: Any, planned: Any = None) -> str | None:
     if not path:
         return None
     try:
-        if planned is not None and planned.stat_key == _stat_key(path):
+        if planned is not None and planned.stat_key == stat_key(path):
             return planned.sha256
         return sha256_of(path)
     except OSError:
@@ -385,12 +385,6 @@ def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
         usable = plain and not compiled.positional and dialect.paramstyle == "pyformat"
         _insert_sql_cache[key] = str(compiled) if usable else None
     return _insert_sql_cache[key] if isinstance(conn.connection.dbapi_connection, psycopg.Connection) else None
-
-
-def _stat_key(path: Any) -> tuple[int, int]:
-    """Return (size, mtime_ns): what tells a file changed without reading it."""
-    st = os.stat(path)
-    return st.st_size, st.st_mtime_ns
 
 
 def applied_hashes(conn: Connection, env: str, schema: str | None = None) -> dict[str, dict[str, Any]]:
