@@ -279,12 +279,15 @@ def _run_verb(state: State, result: RunResult | str) -> None:
 @cli.command("upgrade", cls=RevisionCommand)
 @click.argument("target", default="heads")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges allowed).")
+@click.option("--force", is_flag=True, help="Override a refusal that allows it (with --reason); recorded.")
+@click.option("--reason", metavar="TEXT", help="Why the refusal is being overridden; recorded.")
 @lock_timeout_option
 @verb
-def upgrade_cmd(state: State, target: str, sql: bool, lock_timeout: float) -> None:
+def upgrade_cmd(state: State, target: str, sql: bool, force: bool, reason: str | None, lock_timeout: float) -> None:
     """Upgrade the environment to TARGET (default: all heads)."""
     ctx = state.context()
-    _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, on_step=progress(state, ctx.name)))
+    _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, force=force, reason=reason,
+                                      on_step=progress(state, ctx.name)))
 
 
 @cli.command("downgrade", cls=RevisionCommand)

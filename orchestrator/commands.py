@@ -104,11 +104,16 @@ def plan(ctx: EnvContext, target: str = "heads", *, command: str = "upgrade") ->
 
 
 def upgrade(ctx: EnvContext, target: str = "heads", *, sql: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-            on_step: StepCallback = None, gate: Gate = default_gate) -> RunResult | str:
-    """Upgrade the environment to ``target`` (all heads by default); with ``sql``, return the SQL instead."""
+            force: bool = False, reason: str | None = None, on_step: StepCallback = None,
+            gate: Gate = default_gate) -> RunResult | str:
+    """Upgrade the environment to ``target`` (all heads by default); with ``sql``, return the SQL instead.
+
+    ``force`` with ``reason`` overrides the refusals that allow it (recorded in the run).
+    """
     if sql:
         return offline_sql(ctx, "upgrade", target)
-    return execute(ctx, "upgrade", target, lock_timeout=lock_timeout, on_step=on_step, gate=gate)
+    return execute(ctx, "upgrade", target, lock_timeout=lock_timeout, force=force, forced_reason=reason,
+                   on_step=on_step, gate=gate)
 
 
 def downgrade(ctx: EnvContext, target: str, *, sql: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
