@@ -241,6 +241,8 @@ def render_status(rows: list[dict[str, Any]]) -> None:
         text = f"{run['command']} {run['status']} {run['started_at'][:19].replace('T', ' ')}"
         if run["failed_revision"]:
             text += f" at {run['failed_revision']}"
+        if run.get("foreign"):
+            text += f" (recorded as '{run['env']}')"
         return text
 
     OUT.print(table(None, ["env", "current heads", "target heads", "pending", "state", "last run"], [
@@ -382,7 +384,7 @@ def revision_cmd(state: State, message: str, autogenerate: bool, head: str | Non
 @click.option("--run", "run_id", metavar="ID", help="Only the run whose id starts with ID, with its steps.")
 @verb
 def runs_cmd(state: State, limit: int, run_id: str | None) -> None:
-    """Show the run history recorded in the environment's database."""
+    """Show the run history recorded in the environment's database (runs under other names marked)."""
     data = commands.runs(state.context(), limit=limit, run_id=run_id)
     if state.json:
         print_json(OUT, data)
@@ -391,13 +393,19 @@ def runs_cmd(state: State, limit: int, run_id: str | None) -> None:
         OUT.line(f"{inert(data['env'])}: no runs recorded")
         return
     OUT.print(table(f"{data['env']}: runs", ["run", "command", "target", "status", "started (UTC)", "operator", "steps", "error"], [
-        [r["run_id"][:12], r["command"], r["target"], r["status"], (r["started_at"] or "")[:19].replace("T", " "),
+        [r["run_id"][:12], r["command"], r["target"], run_status_text(r), (r["started_at"] or "")[:19].replace("T", " "),
          r["operator"], len(r["steps"]), r["error"] or ""] for r in data["runs"]]))
     if run_id:
         for r in data["runs"]:
             OUT.print(table(f"run {r['run_id'][:12]}: steps", ["#", "revision", "direction", "status", "ms", "sha256", "error"], [
                 [s["seq"], s["revision"], s["direction"], s["status"], s["duration_ms"], (s["script_sha256"] or "")[:12],
                  s["error"] or ""] for s in r["steps"]]))
+
+
+def run_status_text(run: dict[str, Any]) -> str:
+    """Return a run's status as ``runs`` shows it: forced runs and runs recorded under another name marked."""
+    text = run["status"] + (" (forced)" if run.get("forced_reason") and run["status"] != "blocked" else "")
+    return text + (f" (recorded as '{run['env']}')" if run.get("foreign") else "")
 
 
 @cli.command("promote")

@@ -95,7 +95,7 @@ def _last_run_summary(ctx: EnvContext) -> dict[str, Any] | None:
     failed = next((s for s in run["steps"] if s["status"] != "succeeded"), None)
     return {"run_id": run["run_id"], "command": run["command"], "status": run["status"],
             "started_at": _iso(run["started_at"]), "operator": run["operator"], "error": run["error"],
-            "failed_revision": failed["revision"] if failed else None}
+            "failed_revision": failed["revision"] if failed else None, "env": run["env"], "foreign": run["foreign"]}
 
 
 def plan(ctx: EnvContext, target: str = "heads", *, command: str = "upgrade") -> Plan:
@@ -211,7 +211,11 @@ def revision(ctx: EnvContext, message: str, *, autogenerate: bool = False, head:
 
 
 def runs(ctx: EnvContext, *, limit: int = 20, run_id: str | None = None) -> dict[str, Any]:
-    """Return the environment's run history, newest first, with steps."""
+    """Return the run history of the environment's database, newest first, with steps.
+
+    Every run recorded there is returned, whatever environment name it carries;
+    those recorded under another name have ``foreign: true``.
+    """
     if database_missing(ctx):
         return {"env": ctx.name, "runs": []}
     rows = run_with_connection(ctx.url, ctx.name, lambda conn: read_runs(conn, ctx.name, ctx.env.version_table_schema,
@@ -462,20 +466,22 @@ def _head_findings(ctx: EnvContext) -> list[str]:
 
 
 def _database_findings(ctx: EnvContext) -> list[str]:
-    """Compare what the database says was applied with the scripts on disk."""
-    from orchestrator.recorder import applied_hashes
-
+    """Compare what the database says was applied, and by whom, with the scripts on disk and the registry."""
     heads = read_heads(ctx)
-    findings = []
+    if database_missing(ctx):
+        return []
+    facts = run_with_connection(ctx.url, ctx.name, lambda conn: _history_facts(conn, ctx))
+    findings = _ownership_findings(ctx, facts)
+    unknown = []
     for head in heads:
         if head not in ctx.graph.revisions:
             other = ctx.all_files.get(head)
             where = f"only in {other.folder.name}/, which '{ctx.name}' does not list" if other else "in no version folder"
-            findings.append(f"environment '{ctx.name}': the database is at revision {head}, which is {where}")
-    if not heads or findings:
+            unknown.append(f"environment '{ctx.name}': the database is at revision {head}, which is {where}")
+    findings += unknown
+    if not heads or unknown:
         return findings
-    url = ctx.url
-    recorded = run_with_connection(url, ctx.name, lambda conn: applied_hashes(conn, ctx.name, ctx.env.version_table_schema))
+    recorded = facts["applied"]
     for rev in sorted(applied_revisions(ctx, heads)):
         found, entry = ctx.graph.get(rev), recorded.get(rev)
         if found is None or entry is None or entry["sha256"] is None or entry["sha256"] == found.sha256:
@@ -485,7 +491,75 @@ def _database_findings(ctx: EnvContext) -> list[str]:
             f"environment '{ctx.name}': revision {rev} ({found.display_path(ctx.registry.root)}) changed after it was "
             f"applied: sha256 {entry['sha256']} when applied (run {entry['run_id'][:12]}, {when} UTC), "
             f"{found.sha256} on disk")
+    return findings + _unrecorded_findings(ctx, heads, facts)
+
+
+def _history_facts(conn: Any, ctx: EnvContext) -> dict[str, Any]:
+    """Read what verify compares from the database's history: applied hashes, owner, foreign runs, stamps, start."""
+    from orchestrator.recorder import applied_hashes, first_heads, foreign_runs, read_identity, stamped_heads
+
+    schema = ctx.env.version_table_schema
+    facts = {"applied": applied_hashes(conn, ctx.name, schema), "identity": read_identity(conn, schema),
+             "foreign": foreign_runs(conn, ctx.name, schema), "stamped": stamped_heads(conn, schema),
+             "first_heads": first_heads(conn, schema)}
+    conn.rollback()
+    return facts
+
+
+def _ownership_findings(ctx: EnvContext, facts: dict[str, Any]) -> list[str]:
+    """Report a database owned by another environment, and runs recorded in it under other environments' names."""
+    from orchestrator.identity import is_foreign, owner_text
+
+    findings = []
+    identity = facts["identity"]
+    if is_foreign(identity, ctx):
+        findings.append(f"environment '{ctx.name}': its database belongs to {owner_text(identity)}; "
+                        f"check {ctx.env.url_source()}")
+    for entry in facts["foreign"]:
+        run = entry["newest"]
+        forced = ", forced" if run["forced_reason"] else ""
+        count = f"{entry['count']} run{'s' if entry['count'] != 1 else ''}"
+        findings.append(
+            f"environment '{ctx.name}': {count} recorded in its database under environment '{entry['env']}' "
+            f"(newest: run {run['run_id'][:12]}, {run['command']} {run['status']}{forced}, "
+            f"{run['started_at'].strftime('%Y-%m-%d %H:%M:%S')} UTC); another environment's name reached this "
+            f"database: see `orchestrator runs --env {ctx.name}`")
     return findings
+
+
+def _unrecorded_findings(ctx: EnvContext, heads: tuple[str, ...], facts: dict[str, Any]) -> list[str]:
+    """Report applied revisions no recorded run accounts for ("applied without a record").
+
+    A revision is accounted for by a succeeded upgrade step, by a stamp or adopt
+    that reached it or a revision above it, or by the history having started
+    above it (the oldest run's heads before, else the heads when the identity was
+    recorded: what the database had when the orchestrator first wrote there).
+    """
+    start = "the database holds no run history" if facts["first_heads"] is None else None
+    covered = applied_revisions(ctx, facts["first_heads"] or ())
+    for stamped in facts["stamped"]:
+        covered |= applied_revisions(ctx, stamped)
+    covered |= set(facts["applied"])
+    missing = [r for r in _graph_order(ctx, applied_revisions(ctx, heads)) if r not in covered]
+    if not missing:
+        return []
+    they, them = ("it", "it") if len(missing) == 1 else ("they", "them")
+    if start is None:
+        why = f"no succeeded upgrade step, stamp or adopt in the database's history accounts for {them}"
+        remedy = f"{they} ran outside the orchestrator (no gate, no history): find out how (`orchestrator runs --env {ctx.name}`)"
+    else:
+        why = start
+        remedy = (f"if {they} ran before the orchestrator was used here, any orchestrated run "
+                  f"(`orchestrator upgrade --env {ctx.name}`) starts the history at {them}")
+    return [f"environment '{ctx.name}': {len(missing)} revision{'s' if len(missing) != 1 else ''} applied without a "
+            f"record ({', '.join(missing)}): the version table says applied, but {why}; {remedy}"]
+
+
+def _graph_order(ctx: EnvContext, revisions: set[str]) -> list[str]:
+    """Return ``revisions`` base first, as the report orders them."""
+    from orchestrator.report import graph_order
+
+    return [r for r in graph_order(ctx.all_files) if r in revisions]
 
 
 def release(registry: Registry, revision: str, *, to: str | None = None) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 The sequence for every run that changes a database:
 
 1. take the environment's lock (bounded wait);
-2. create the history tables if needed and mark runs a dead runner left
-   'running' as interrupted;
-3. read the current heads and build the plan; nothing to do ends here;
-4. ask the gate; a refusal is recorded as a blocked run and nothing runs;
+2. create the history tables if needed, record which environment owns the
+   database if no one does yet (:mod:`orchestrator.identity`), and mark runs a
+   dead runner left 'running' as interrupted;
+3. read the current heads and build the plan; nothing to do ends here
+   (a run under another environment's name is refused even then);
+4. ask the gate (judging as protected when the database's owner is); a
+   refusal is recorded as a blocked run and nothing runs;
 5. record the run, then let Alembic apply the steps, each in its own
    transaction with its history row;
 6. on failure, roll back the failed step (where DDL is transactional),
@@ -29,6 +32,7 @@ from orchestrator.loader import path_for_display
 from orchestrator.db import first_line, run_with_connection
 from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
+from orchestrator.identity import check_owner
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
 from orchestrator.plan import Plan, build_plan, check_target
 from orchestrator.state import current_heads
@@ -138,12 +142,13 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     heads = current_heads(conn, ctx)
     plan = build_plan(ctx.name, command, target, heads, ctx.script, ctx.graph)
     recorder.ensure_tables()
+    forced_reason = forced_reason if force else None
+    reasons, gated = check_owner(recorder, ctx, heads, force=force, reason=forced_reason)
     recorder.mark_interrupted(heads)
     conn.commit()
-    if plan.empty:
+    if plan.empty and not reasons:
         return RunResult(ctx.name, record_as, plan.target, NOTHING, plan, heads)
-    forced_reason = forced_reason if force else None
-    reasons = gate(plan, ctx, conn, force=force, reason=forced_reason)
+    reasons += gate(plan, gated, conn, force=force, reason=forced_reason) if not plan.empty else []
     if reasons:
         refuse(recorder, record_as, plan.target, heads, reasons, fingerprint=plan.fingerprint, forced_reason=forced_reason)
     recorder.reviewers = approved_by(ctx, plan)

@@ -1,7 +1,8 @@
 """The run history in the target database: the only module that writes it.
 
 Two tables, ``orchestrator_runs`` and ``orchestrator_steps``, live beside the
-Alembic version table (same schema). Each applied step is recorded from
+Alembic version table (same schema), with ``orchestrator_identity``: one row
+naming the registry environment (and project) that owns the database. Each applied step is recorded from
 Alembic's ``on_version_apply`` hook, inside the step's own transaction, so the
 history and the schema never disagree on dialects with transactional DDL. On
 psycopg 3 with one transaction per migration the row and the step's COMMIT go
@@ -30,7 +31,8 @@ from orchestrator.redact import redact
 
 RUNS_TABLE = "orchestrator_runs"
 STEPS_TABLE = "orchestrator_steps"
-HISTORY_TABLES = (RUNS_TABLE, STEPS_TABLE)
+IDENTITY_TABLE = "orchestrator_identity"
+HISTORY_TABLES = (RUNS_TABLE, STEPS_TABLE, IDENTITY_TABLE)
 
 RUNNING, SUCCEEDED, FAILED, BLOCKED, INTERRUPTED = "running", "succeeded", "failed", "blocked", "interrupted"
 
@@ -47,6 +49,7 @@ class _Timestamp(sa.types.TypeDecorator):
             return dialect.type_descriptor(DATETIME(fsp=6))
         return dialect.type_descriptor(sa.DateTime())
 _tables: dict[str | None, tuple[sa.Table, sa.Table]] = {}
+_identity_tables: dict[str | None, sa.Table] = {}
 
 
 def history_tables(schema: str | None = None) -> tuple[sa.Table, sa.Table]:
@@ -90,7 +93,24 @@ def history_tables(schema: str | None = None) -> tuple[sa.Table, sa.Table]:
             sa.Index("ix_orchestrator_steps_revision", "revision", "started_at"),
         )
         _tables[schema] = (runs, steps)
+        _identity_tables[schema] = sa.Table(
+            IDENTITY_TABLE, md,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1: one row
+            sa.Column("env", sa.String(64), nullable=False),
+            sa.Column("protected", sa.Boolean, nullable=False),
+            sa.Column("project", sa.String(255), nullable=False),
+            sa.Column("heads", sa.String(1000)),  # the heads when the identity was recorded
+            sa.Column("recorded_at", _Timestamp, nullable=False),
+            sa.Column("recorded_by", sa.String(255), nullable=False),
+            sa.Column("tool_version", sa.String(32), nullable=False),
+        )
     return _tables[schema]
+
+
+def identity_table(schema: str | None = None) -> sa.Table:
+    """Return the identity table for a schema (None: the default schema)."""
+    history_tables(schema)
+    return _identity_tables[schema]
 
 
 def operator_name() -> str:
@@ -164,9 +184,34 @@ class Recorder:
         return history_tables(self.schema)[1]
 
     def ensure_tables(self) -> None:
-        """Create the history tables if they are missing."""
+        """Create the history tables (and the identity table) if they are missing."""
         runs, steps = history_tables(self.schema)
-        runs.metadata.create_all(self.conn, tables=[runs, steps], checkfirst=True)
+        runs.metadata.create_all(self.conn, tables=[runs, steps, identity_table(self.schema)], checkfirst=True)
+
+    def claim(self, *, project: str, protected: bool, heads: Iterable[str]) -> dict[str, Any]:
+        """Return the database's identity row, first recording this environment as its owner when there is none.
+
+        Called under the lock, right after :meth:`ensure_tables`. An owner's run that
+        finds its registry entry protected while the row is not raises the row's
+        protection; a run never lowers it.
+        """
+        table = identity_table(self.schema)
+        row = read_identity(self.conn, self.schema, known_to_exist=True)
+        if row is None:
+            values = {"id": 1, "env": self.env, "protected": protected, "project": project, "heads": join_ids(heads),
+                      "recorded_at": utcnow(), "recorded_by": redact(operator_name()), "tool_version": __version__}
+            try:
+                self.conn.execute(table.insert().values(**values))
+                self.conn.commit()
+            except sa.exc.IntegrityError:  # a runner on another version table of this schema claimed it first
+                self.conn.rollback()
+                return read_identity(self.conn, self.schema) or values
+            return values
+        if protected and not row["protected"] and (row["env"], row["project"]) == (self.env, project):
+            self.conn.execute(table.update().where(table.c.id == row["id"]).values(protected=True))
+            self.conn.commit()
+            row["protected"] = True
+        return row
 
     def mark_interrupted(self, heads: Iterable[str]) -> int:
         """Mark runs left 'running' by a dead runner as interrupted at ``heads``; call only while holding the lock."""
@@ -322,13 +367,25 @@ def running_run(conn: Connection, env: str, schema: str | None = None) -> dict[s
     return dict(row) if row else None
 
 
+def read_identity(conn: Connection, schema: str | None = None, *, known_to_exist: bool = False) -> dict[str, Any] | None:
+    """Return the database's identity row (owner environment, protection, project), or None."""
+    if not known_to_exist and not sa.inspect(conn).has_table(IDENTITY_TABLE, schema=schema):
+        return None
+    table = identity_table(schema)
+    row = conn.execute(sa.select(table).order_by(table.c.id).limit(1)).mappings().first()
+    return dict(row) if row else None
+
+
 def read_runs(conn: Connection, env: str, schema: str | None = None, *, limit: int | None = 20,
               run_id: str | None = None) -> list[dict[str, Any]]:
-    """Return runs of ``env``, newest first, each with its steps under ``steps``."""
+    """Return every run recorded in the database, newest first, each with its steps under ``steps``.
+
+    Runs recorded under another name than ``env`` are included and marked ``foreign``.
+    """
     runs, steps = history_tables(schema)
     if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
         return []
-    query = sa.select(runs).where(runs.c.env == env).order_by(runs.c.started_at.desc())
+    query = sa.select(runs).order_by(runs.c.started_at.desc())
     if run_id:
         query = query.where(runs.c.run_id.startswith(run_id))
     if limit:
@@ -341,11 +398,12 @@ def read_runs(conn: Connection, env: str, schema: str | None = None, *, limit: i
             by_run[s["run_id"]].append(dict(s))
         for r in rows:
             r["steps"] = by_run[r["run_id"]]
+            r["foreign"] = r["env"] != env
     return rows
 
 
 def last_run(conn: Connection, env: str, schema: str | None = None) -> dict[str, Any] | None:
-    """Return the newest run of ``env`` with its steps, or None."""
+    """Return the newest run recorded in the database (marked ``foreign`` when not under ``env``), or None."""
     rows = read_runs(conn, env, schema, limit=1)
     return rows[0] if rows else None
 
@@ -388,15 +446,55 @@ def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
 
 
 def applied_hashes(conn: Connection, env: str, schema: str | None = None) -> dict[str, dict[str, Any]]:
-    """Return, per revision, the script sha256 of its latest successful upgrade step (with run id and time)."""
+    """Return, per revision, the script sha256 of its latest successful upgrade step (with run id, time, env).
+
+    Every run in the database counts, whatever environment name it was recorded under.
+    """
     runs, steps = history_tables(schema)
     if not sa.inspect(conn).has_table(STEPS_TABLE, schema=schema):
         return {}
-    query = (sa.select(steps.c.revision, steps.c.script_sha256, steps.c.run_id, steps.c.started_at)
+    query = (sa.select(steps.c.revision, steps.c.script_sha256, steps.c.run_id, steps.c.started_at, runs.c.env)
              .join(runs, runs.c.run_id == steps.c.run_id)
-             .where(runs.c.env == env, steps.c.direction == "up", steps.c.status == SUCCEEDED)
+             .where(steps.c.direction == "up", steps.c.status == SUCCEEDED)
              .order_by(steps.c.started_at))
     latest: dict[str, dict[str, Any]] = {}
     for row in conn.execute(query).mappings():
-        latest[row["revision"]] = {"sha256": row["script_sha256"], "run_id": row["run_id"], "started_at": row["started_at"]}
+        latest[row["revision"]] = {"sha256": row["script_sha256"], "run_id": row["run_id"], "started_at": row["started_at"],
+                                   "env": row["env"]}
     return latest
+
+
+def stamped_heads(conn: Connection, schema: str | None = None) -> list[tuple[str, ...]]:
+    """Return the destination heads of every succeeded stamp step (``stamp`` and ``adopt`` runs)."""
+    _, steps = history_tables(schema)
+    if not sa.inspect(conn).has_table(STEPS_TABLE, schema=schema):
+        return []
+    query = sa.select(steps.c.revision).where(steps.c.direction == "stamp", steps.c.status == SUCCEEDED)
+    return [tuple(row[0].split()) for row in conn.execute(query)]
+
+
+def first_heads(conn: Connection, schema: str | None = None) -> tuple[str, ...] | None:
+    """Return where the database was when its history began: the oldest run's heads before, else the identity's.
+
+    None when nothing was ever recorded there.
+    """
+    runs, _ = history_tables(schema)
+    if sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        row = conn.execute(sa.select(runs.c.heads_before).order_by(runs.c.started_at).limit(1)).first()
+        if row is not None:
+            return tuple((row[0] or "").split())
+    identity = read_identity(conn, schema)
+    return tuple((identity["heads"] or "").split()) if identity else None
+
+
+def foreign_runs(conn: Connection, env: str, schema: str | None = None) -> list[dict[str, Any]]:
+    """Return, per environment name other than ``env`` found in the history, its run count and newest run."""
+    runs, _ = history_tables(schema)
+    if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        return []
+    found: dict[str, dict[str, Any]] = {}
+    query = sa.select(runs).where(runs.c.env != env).order_by(runs.c.started_at.desc())
+    for row in conn.execute(query).mappings():
+        entry = found.setdefault(row["env"], {"env": row["env"], "count": 0, "newest": dict(row)})
+        entry["count"] += 1
+    return sorted(found.values(), key=lambda e: e["env"])

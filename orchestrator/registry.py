@@ -57,6 +57,7 @@ class ProjectSection(_Options):
     """The ``project:`` section."""
 
     root: str = "."
+    id: str | None = Field(None, min_length=1, max_length=255)  # the project identifier; default: the root folder's name
     target_metadata: str | None = None
     reviews: str | None = None
     exclude_tables: tuple[str, ...] = ()
@@ -140,6 +141,13 @@ class Environment:
                 register_secret(value)
         return _anchor_sqlite(url, self.root)
 
+    def url_source(self) -> str:
+        """Return where this environment's URL comes from, for a remedy: its variables, else its registry entry."""
+        names = list(dict.fromkeys(m.group("name") for m in _VAR.finditer(self.url_template)))
+        if names:
+            return f"{', '.join('$' + n for n in names)} (the url of '{self.name}')"
+        return f"the url of '{self.name}'"
+
     def masked_url(self, environ: Mapping[str, str] | None = None) -> str:
         """Return the URL as text with its password (and password-like query values) hidden."""
         return mask_url(self.url(environ))
@@ -156,6 +164,7 @@ class Registry:
     reviews_path: Path | None = None
     target_metadata: str | None = None
     exclude_tables: tuple[str, ...] = ()
+    project_id: str = ""  # recorded in each database the project's environments own
 
     def env(self, name: str) -> Environment:
         """Return the environment called ``name``."""
@@ -326,6 +335,7 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
             root=root,
         )
     _check_promotion_cycles(envs, fail)
+    _check_shared_databases(envs, fail)
     return Registry(
         path=path,
         root=root,
@@ -334,7 +344,56 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
         reviews_path=_abs(root, project.reviews) if project.reviews else None,
         target_metadata=project.target_metadata,
         exclude_tables=project.exclude_tables,
+        project_id=project.id or root.name or str(root),
     )
+
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433, "oracle": 1521}
+
+
+def database_key(env: Environment, environ: Mapping[str, str] | None = None) -> tuple[tuple[Any, ...], str] | None:
+    """Return what identifies the database ``env`` reaches (and how to name it), or None when it cannot clash.
+
+    SQLite: the file's real path (``:memory:`` never clashes); servers: backend,
+    lower-cased host, port (the backend's default if none), database name, and
+    the ``version_table_schema`` the environment keeps its tables in.
+    """
+    url = env.url(environ)
+    backend = url.get_backend_name()
+    schema = env.version_table_schema or ""
+    where = f" (schema {schema})" if schema else ""
+    if backend == "sqlite":
+        database = url.database or ""
+        if database.startswith("file:"):
+            database = database[5:].partition("?")[0]
+            if "mode=memory" in (url.database or ""):
+                return None
+        if database in ("", ":memory:"):
+            return None
+        path = os.path.realpath(database)
+        return ("sqlite", path, schema), f"SQLite file {path}{where}"
+    backend = "mysql" if backend == "mariadb" else backend
+    host = (url.host or str(url.query.get("host") or "") or "localhost").lower()
+    port = url.port or _DEFAULT_PORTS.get(backend)
+    name = url.database or ""
+    return (backend, host, port, name, schema), f"{backend} database '{name}' on {host}:{port}{where}"
+
+
+def _check_shared_databases(envs: dict[str, Environment], fail: Any) -> None:
+    """Refuse two environments whose URLs (as the environment variables set them now) reach one database."""
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, env in envs.items():
+        try:
+            found = database_key(env)
+        except ConfigError:
+            continue  # an unset variable or a bad URL is reported when the environment is used
+        if found is None:
+            continue
+        key, shown = found
+        if key in seen:
+            raise fail(f"environments '{seen[key]}' and '{name}' both reach the {shown}; give each environment its own "
+                       f"database: check {env.url_source()}", "environments", name, "url")
+        seen[key] = name
 
 
 def _check_lint_rules(overrides: dict[str, str] | None, loc: tuple[Any, ...], fail: Any) -> None:

@@ -70,7 +70,9 @@ def _count(n: int, noun: str) -> str:
 
 def _run_line(r: NotableRun) -> str:
     forced = " FORCED" if r.forced and r.status != "blocked" else ""
-    return f"{_short_time(r.started_at)} {r.status.upper()}{forced} {r.command} {r.target or ''} by {r.operator} (run {r.run_id[:12]})"
+    foreign = f" (recorded as '{r.env}')" if r.foreign else ""
+    return (f"{_short_time(r.started_at)} {r.status.upper()}{forced} {r.command} {r.target or ''} by {r.operator} "
+            f"(run {r.run_id[:12]}){foreign}")
 
 
 def _drift_text(d: EnvironmentReport) -> list[str]:

@@ -73,6 +73,8 @@ class AppliedRevision(_Model):
     operator: Optional[str]
     duration_ms: Optional[float]
     run_id: Optional[str]
+    recorded_env: Optional[str] = Field(None, description="the environment name the applying run was recorded under, "
+                                                          "when it is not this environment's")
     reviewer: Optional[str] = Field(description="reviewer recorded with the step (who approved the content applied)")
     review_state: str = Field(description="the ledger's verdict on the script on disk now: reviewed, unreviewed or stale")
     recorded_sha256: Optional[str]
@@ -90,9 +92,11 @@ class FailedStep(_Model):
 
 
 class NotableRun(_Model):
-    """A run that failed, was blocked by the gate, was forced, or was interrupted."""
+    """A run that failed, was blocked by the gate, was forced, was interrupted, or was recorded under another name."""
 
     run_id: str
+    env: str = Field(description="the environment name the run was recorded under")
+    foreign: bool = Field(description="true when that name is not this environment's (another name reached its database)")
     command: str
     target: Optional[str]
     status: str = Field(description="failed, blocked, interrupted, running, or succeeded (when forced)")
@@ -253,7 +257,7 @@ def _read_history(conn: Connection, ctx: EnvContext, since: datetime | None) -> 
     if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
         return {"heads": heads, "applied_rows": {}, "notable": [], "runs": 0, "steps": 0}
     runs, steps = history_tables(schema)
-    in_period = [runs.c.env == ctx.name] + ([runs.c.started_at >= since] if since else [])
+    in_period = [runs.c.started_at >= since] if since else []  # every run in the database, whatever its name
     run_ids = sa.select(runs.c.run_id).where(*in_period)
     facts = {"heads": heads,
              "applied_rows": _applying_steps(conn, ctx, sorted(applied_revisions(ctx, heads)), since),
@@ -274,12 +278,12 @@ def _applying_steps(conn: Connection, ctx: EnvContext, revisions: list[str],
     not the length of the history.
     """
     runs, steps = history_tables(ctx.env.version_table_schema)
-    wanted = [runs.c.env == ctx.name, steps.c.status == SUCCEEDED, steps.c.direction.in_(("up", "stamp")),
+    wanted = [steps.c.status == SUCCEEDED, steps.c.direction.in_(("up", "stamp")),
               steps.c.revision == sa.bindparam("rev")]
     if since is not None:
         wanted.append(steps.c.started_at >= since)
     query = (sa.select(steps.c.revision, steps.c.started_at, steps.c.duration_ms, steps.c.run_id, steps.c.reviewer,
-                       steps.c.script_sha256, runs.c.operator)
+                       steps.c.script_sha256, runs.c.operator, runs.c.env)
              .join(runs, runs.c.run_id == steps.c.run_id).where(*wanted)
              .order_by(steps.c.started_at.desc()).limit(1))
     found = {}
@@ -293,7 +297,8 @@ def _applying_steps(conn: Connection, ctx: EnvContext, revisions: list[str],
 def _notable_runs(conn: Connection, ctx: EnvContext, in_period: list[Any]) -> list[NotableRun]:
     """Return failed, blocked, interrupted, forced and still-running runs, oldest first."""
     runs, steps = history_tables(ctx.env.version_table_schema)
-    notable = sa.or_(runs.c.status.in_((FAILED, BLOCKED, INTERRUPTED, RUNNING)), runs.c.forced_reason.is_not(None))
+    notable = sa.or_(runs.c.status.in_((FAILED, BLOCKED, INTERRUPTED, RUNNING)), runs.c.forced_reason.is_not(None),
+                     runs.c.env != ctx.name)
     rows = [dict(r) for r in conn.execute(sa.select(runs).where(*in_period, notable).order_by(runs.c.started_at))
             .mappings()]
     if not rows:
@@ -308,16 +313,16 @@ def _notable_runs(conn: Connection, ctx: EnvContext, in_period: list[Any]) -> li
             bad[s["run_id"]].append(FailedStep(revision=s["revision"], direction=s["direction"], status=s["status"],
                                                error=s["error"]))
     dead = _runner_gone(conn, ctx) if any(r["status"] == RUNNING for r in rows) else False
-    return [_notable(r, bad[r["run_id"]], dead) for r in rows]
+    return [_notable(r, bad[r["run_id"]], dead, foreign=r["env"] != ctx.name) for r in rows]
 
 
-def _notable(row: dict[str, Any], steps: list[FailedStep], runner_gone: bool) -> NotableRun:
+def _notable(row: dict[str, Any], steps: list[FailedStep], runner_gone: bool, *, foreign: bool = False) -> NotableRun:
     """Return one notable run; a 'running' run whose runner no longer holds the lock is shown as interrupted."""
     status = INTERRUPTED if row["status"] == RUNNING and runner_gone else row["status"]
     reason = row["error"] or row["forced_reason"]
     if status != row["status"]:
         reason = "its runner is gone (the lock is free); recorded as running until the next run takes the lock"
-    return NotableRun(run_id=row["run_id"], command=row["command"], target=row["target"], status=status,
+    return NotableRun(run_id=row["run_id"], env=row["env"], foreign=foreign, command=row["command"], target=row["target"], status=status,
                       recorded_status=row["status"], started_at=_iso(row["started_at"]),
                       finished_at=_iso(row["finished_at"]) if row["finished_at"] else None, operator=row["operator"],
                       heads_before=(row["heads_before"] or "").split(), heads_after=(row["heads_after"] or "").split(),
@@ -345,7 +350,9 @@ def _applied(ctx: EnvContext, revision: str, row: dict[str, Any] | None, ledger:
     return AppliedRevision(
         revision=revision, message=f.message if f else "", applied_at=_iso(row["started_at"]) if row else None,
         operator=row["operator"] if row else None, duration_ms=row["duration_ms"] if row else None,
-        run_id=row["run_id"] if row else None, reviewer=row["reviewer"] if row else None, review_state=review,
+        run_id=row["run_id"] if row else None,
+        recorded_env=row["env"] if row and row["env"] != ctx.name else None,
+        reviewer=row["reviewer"] if row else None, review_state=review,
         recorded_sha256=recorded, script_sha256=on_disk,
         script_matches=(recorded == on_disk) if recorded and on_disk else None)
 
