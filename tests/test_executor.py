@@ -18,7 +18,7 @@ def test_upgrade_applies_every_revision_and_records_one_step_each(single: Projec
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"main: upgraded (none) -> {PROD_HEAD} (5 steps, run ")
     url = single.urls["main"]
-    assert DEMO_TABLES | {"alembic_version", "orchestrator_runs", "orchestrator_steps"} == table_names(url)
+    assert DEMO_TABLES | {"alembic_version", "orchestrator_runs", "orchestrator_steps", "orchestrator_identity"} == table_names(url)
     assert query(url, "SELECT version_num FROM alembic_version") == [(PROD_HEAD,)]
     runs = query(url, "SELECT env, command, target, heads_before, heads_after, status, operator, finished_at FROM orchestrator_runs")
     assert len(runs) == 1

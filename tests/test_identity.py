@@ -232,6 +232,26 @@ def test_first_write_records_the_owner_also_when_blocked_and_for_stamp(shared: P
     assert identity(shared.urls["staging"]) == [(1, "staging", False, "project", "")]
 
 
+def test_adopt_records_the_owner(tmp_path: Path, db_factory: Callable[[], str]) -> None:
+    from orchestrator.envpy import import_object
+    from test_drift import MODELS, drift_project, forget_models
+
+    forget_models()
+    try:
+        project = drift_project(tmp_path / "project", {"prod": db_factory()}, protected=("prod",))
+        engine = project.engine("prod")
+        try:
+            import_object(MODELS, project.registry()).create_all(engine)
+        finally:
+            engine.dispose()
+        result = project.cli("adopt", "--env", "prod", "--revision", "auto")
+        assert result.exit_code == 0, result.output
+    finally:
+        forget_models()
+    assert identity(project.urls["prod"]) == [(1, "prod", True, "project", "")]
+    assert project.cli("verify", "--env", "prod").exit_code == 0  # the adopt's stamp accounts for every revision
+
+
 def test_a_database_from_before_identity_gets_its_row_on_the_next_run(shared: Project) -> None:
     prod_at_head(shared)
     engine = sa.create_engine(shared.urls["prod"], poolclass=sa.pool.NullPool)

@@ -118,7 +118,7 @@ def interp(tmp_path: Path) -> Registry:
         environments:
           plain:    {url: "${REG_TEST_URL}", version_locations: [v1]}
           colon:    {url: "postgresql+psycopg://app@db/${REG_TEST_DB:-fallback}", version_locations: [v1]}
-          dash:     {url: "postgresql+psycopg://app@db/${REG_TEST_DB-fallback}", version_locations: [v1]}
+          dash:     {url: "postgresql+psycopg://app@dash/${REG_TEST_DB-fallback}", version_locations: [v1]}
           several:  {url: "postgresql+psycopg://app:${REG_TEST_PW}@db:5432/${REG_TEST_DB:-main}", version_locations: [v1]}
           literal:  {url: "postgresql+psycopg://app@db/fixed", version_locations: [v1]}
     """))
@@ -151,9 +151,9 @@ def test_colon_dash_default_covers_unset_and_empty(interp: Registry, environ: di
 
 
 @pytest.mark.parametrize(("environ", "expected"), [
-    ({}, "postgresql+psycopg://app@db/fallback"),   # unset: the default
-    ({"REG_TEST_DB": ""}, "postgresql+psycopg://app@db/"),  # empty: kept empty
-    ({"REG_TEST_DB": "given"}, "postgresql+psycopg://app@db/given"),
+    ({}, "postgresql+psycopg://app@dash/fallback"),   # unset: the default
+    ({"REG_TEST_DB": ""}, "postgresql+psycopg://app@dash/"),  # empty: kept empty
+    ({"REG_TEST_DB": "given"}, "postgresql+psycopg://app@dash/given"),
 ])
 def test_dash_default_covers_unset_only(interp: Registry, environ: dict[str, str], expected: str) -> None:
     assert url_text(interp, "dash", environ) == expected

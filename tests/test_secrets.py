@@ -186,7 +186,9 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
     urls = {name: with_password(url, SPECIAL, username=username) for name, url in plain.items()}
     # unreachable server, and a reachable one refusing an unknown user, both with the sentinel
     urls["down"] = with_password(plain["a"], SPECIAL, username=username, port=1, database="nowhere")
-    urls["denied"] = with_password(plain["a"], SPECIAL, username="orch_nobody")
+    # (another database name: two environments of one registry may not reach one database)
+    urls["denied"] = with_password(plain["a"], SPECIAL, username="orch_nobody",
+                                   database=f"{make_url(plain['a']).database}_denied")
     assert all("%40ss%3Aw%2Frd%259d7c" in url for url in urls.values())
     project = make_project(tmp_path / "project", urls, promote_from={"b": "a", "c": "a", "r2": "r1"},
                            folders={"bad": ["versions_prod", "versions_bad"]})
