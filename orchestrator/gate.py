@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class Gate(Protocol):
     """Return every reason to refuse ``plan`` on its environment (empty list: allowed)."""
 
-    def __call__(self, plan: "Plan", ctx: "EnvContext", conn: "Connection", *, force: bool = False,
+    def __call__(self, plan: "Plan", ctx: "EnvContext", conn: "Connection | None", *, force: bool = False,
                  reason: str | None = None) -> list[str]: ...
 
 

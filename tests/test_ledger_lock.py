@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import PROD_HEAD, Project, make_project
+
 from orchestrator.errors import LockTimeout
-from orchestrator.reviews import load_ledger, lock_path, update_ledger
+from orchestrator.reviews import load_ledger, lock_path, save_ledger, update_ledger
 
 CHAIN = [f"c0ffee{n:06d}" for n in range(1, 13)]  # twelve revisions on top of the demo's prod head
 
@@ -76,8 +76,6 @@ def test_approve_waits_for_the_lock_and_rereads_the_ledger(project: Project) -> 
         assert runner.poll() is None, runner.communicate()
         # what the other writer saves before releasing must survive the waiting approval
         update = load_ledger(ledger(project)).approve(CHAIN[1], "0" * 64, "bob")
-        from orchestrator.reviews import save_ledger
-
         save_ledger(update)
     finally:
         os.close(holder)

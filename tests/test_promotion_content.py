@@ -14,8 +14,16 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+from conftest import (
+    CANDIDATE,
+    PROD_HEAD,
+    PROD_REVISIONS,
+    TESTDATA,
+    Project,
+    database_snapshot,
+    make_project,
+)
 
-from conftest import CANDIDATE, PROD_HEAD, PROD_REVISIONS, TESTDATA, Project, database_snapshot, make_project
 from orchestrator import commands
 from orchestrator.errors import MigrationFailed
 
@@ -254,3 +262,32 @@ def test_a_script_that_cannot_render_offline_is_named_exit_1(pair: Project) -> N
     with pytest.raises(MigrationFailed) as info:
         commands.upgrade(pair.ctx("staging"), sql=True)
     assert (info.value.revision, info.value.exit_code, str(info.value)) == (NEW, 1, message)
+
+
+def test_a_refusal_that_cannot_be_recorded_is_still_a_refusal(pair: Project, orchestrator_dialect: str,
+                                                              tmp_path: Path) -> None:
+    ok(pair, "upgrade", "--env", "staging")
+    data = yaml.safe_load(pair.registry_path.read_text())
+    data["environments"]["prod"]["url"] = {
+        "postgresql": "postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+        "mysql": "mysql+pymysql://root@127.0.0.1:1/nowhere",
+        "sqlite": f"sqlite:///{tmp_path}/no/such/folder/prod.db"}[orchestrator_dialect]
+    pair.registry_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path = add_note_column(pair)
+    ok(pair, "upgrade", "--env", "staging")
+    result = pair.cli("upgrade", "--env", "prod", "--sql")
+    assert (result.exit_code, result.stdout) == (3, "")
+    lines = result.stderr.splitlines()
+    if orchestrator_dialect == "sqlite":  # a missing SQLite file is an empty database: the refusal is recorded in it
+        assert lines == ["prod: rendering from base: the database has no revision applied",
+                         f"error: prod: refused: {not_reviewed(pair, path)}"]
+        assert [(r["command"], r["status"]) for r in runs(pair, "prod")] == [("upgrade --sql", "blocked")]
+        return
+    assert lines[:3] == [lines[0], "error: prod: refused for 2 reasons:", f"  - {not_reviewed(pair, path)}"]
+    assert lines[0].startswith("prod: rendering from base: the database is unreachable: ")
+    assert lines[3].startswith("  - this refusal is not recorded: environment 'prod': cannot connect to ")
+    assert len(lines) == 4
+    forced = pair.cli("upgrade", "--env", "prod", "--sql", "--force", "--reason", "CHG-8")
+    assert (forced.exit_code, forced.stdout) == (1, "")
+    assert forced.stderr.splitlines()[1].startswith(
+        "error: environment 'prod': cannot record the forced `upgrade --sql`, so its SQL is not printed: ")
