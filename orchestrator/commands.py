@@ -221,8 +221,8 @@ def _render_offline(ctx: EnvContext, command: str, target: str, start: str | tup
         if failed is not None:
             raise MigrationFailed(
                 f"environment '{ctx.name}': revision {failed.revision} ({failed.path}) cannot render as SQL offline: "
-                f"{type(exc).__name__}: {first_line(exc)}; a script that reads the database (or uses batch mode on SQLite) cannot run "
-                f"offline: skip that part under `context.is_offline_mode()`, or upgrade without --sql",
+                f"{type(exc).__name__}: {first_line(exc)}; a script that reads the database (or uses batch mode on "
+                "SQLite) cannot run offline: skip that part under `context.is_offline_mode()`, or upgrade without --sql",
                 env=ctx.name, revision=failed.revision) from None
         raise ConfigError(
             f"environment '{ctx.name}': cannot render {command} {target} as SQL: {first_line(exc)}; "
