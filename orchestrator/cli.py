@@ -280,7 +280,8 @@ def _run_verb(state: State, result: RunResult | str) -> None:
 
 @cli.command("upgrade", cls=RevisionCommand)
 @click.argument("target", default="heads")
-@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (FROM:TO ranges allowed).")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it, from the database's current heads "
+              "(FROM:TO ranges allowed); gated like upgrade, --force --reason prints a refused plan anyway (recorded).")
 @click.option("--force", is_flag=True, help="Override a refusal that allows it (with --reason); recorded.")
 @click.option("--reason", metavar="TEXT", help="Why the refusal is being overridden; recorded.")
 @lock_timeout_option
@@ -289,7 +290,13 @@ def upgrade_cmd(state: State, target: str, sql: bool, force: bool, reason: str |
     """Upgrade the environment to TARGET (default: all heads)."""
     ctx = state.context()
     _run_verb(state, commands.upgrade(ctx, target, sql=sql, lock_timeout=lock_timeout, force=force, reason=reason,
-                                      on_step=progress(state, ctx.name)))
+                                      on_step=progress(state, ctx.name), on_note=note_line))
+
+
+def note_line(text: str) -> None:
+    """Print a note that qualifies the output (e.g. where offline SQL starts) on stderr, even with -q."""
+    ERR.file.write(inert(text) + "\n")
+    ERR.file.flush()
 
 
 @cli.command("downgrade", cls=RevisionCommand)

@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import sys
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -18,8 +19,9 @@ from alembic import command as alembic_command
 
 from orchestrator.context import EnvContext, alembic_options, contexts, selected_env
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
-from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, OrchestratorError, RevisionNotFound
-from orchestrator.executor import NOTHING, RunResult, execute, record_refusal
+from orchestrator.errors import (ConfigError, DatabaseError, GateRefused, GraphError, MigrationFailed, OrchestratorError,
+                                 RevisionNotFound)
+from orchestrator.executor import NOTHING, RunResult, execute, record_offline, record_refusal
 from orchestrator.state import applied_revisions, database_missing, read_heads
 from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, review_problems, unacknowledged_errors
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
@@ -29,7 +31,7 @@ from orchestrator.graph import build_environment_graph, unlabelled_heads
 from orchestrator.loader import RevisionFile, path_for_display
 from orchestrator.plan import Step
 from orchestrator.registry import Registry, has_secret
-from orchestrator.reviews import REVIEWED, load_ledger, save_ledger
+from orchestrator.reviews import REVIEWED, load_ledger, update_ledger
 
 if TYPE_CHECKING:
     from orchestrator.report import Report
@@ -105,13 +107,16 @@ def plan(ctx: EnvContext, target: str = "heads", *, command: str = "upgrade") ->
 
 def upgrade(ctx: EnvContext, target: str = "heads", *, sql: bool = False, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
             force: bool = False, reason: str | None = None, on_step: StepCallback = None,
-            gate: Gate = default_gate) -> RunResult | str:
+            gate: Gate = default_gate, on_note: Callable[[str], None] | None = None) -> RunResult | str:
     """Upgrade the environment to ``target`` (all heads by default); with ``sql``, return the SQL instead.
 
     ``force`` with ``reason`` overrides the refusals that allow it (recorded in the run).
+    With ``sql`` the gate judges the steps first (see :func:`offline_sql`); ``on_note``
+    hears which starting point the SQL was rendered from.
     """
     if sql:
-        return offline_sql(ctx, "upgrade", target)
+        return offline_sql(ctx, "upgrade", target, force=force, reason=reason, gate=gate, on_note=on_note,
+                           lock_timeout=lock_timeout)
     return execute(ctx, "upgrade", target, lock_timeout=lock_timeout, force=force, forced_reason=reason,
                    on_step=on_step, gate=gate)
 
@@ -134,22 +139,135 @@ def stamp(ctx: EnvContext, target: str, *, sql: bool = False, lock_timeout: floa
     return execute(ctx, "stamp", target, lock_timeout=lock_timeout, force=force, forced_reason=reason, gate=gate)
 
 
-def offline_sql(ctx: EnvContext, command: str, target: str) -> str:
-    """Return the SQL Alembic would emit for ``command`` to ``target`` (``FROM:TO`` ranges allowed)."""
+OFFLINE_COMMAND = "upgrade --sql"  # how offline SQL the gate refused is named in the history
+
+
+def offline_sql(ctx: EnvContext, command: str, target: str, *, force: bool = False, reason: str | None = None,
+                gate: Gate = default_gate, on_note: Callable[[str], None] | None = None,
+                lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> str:
+    """Return the SQL Alembic would emit for ``command`` to ``target`` (``FROM:TO`` ranges allowed).
+
+    For ``upgrade``: without ``FROM:`` the SQL starts at the database's current
+    heads when it is reachable (else at base), and ``on_note`` is told which.
+    The gate judges the rendered steps first: a refusal is recorded as a
+    blocked run and raised, as ``upgrade`` would; ``force`` with ``reason``
+    prints the SQL anyway and records a finished run ``upgrade --sql`` with the
+    reason. A script that cannot render offline is a MigrationFailed naming it.
+    """
     ctx.graph
+    if command != "upgrade":
+        return _render_offline(ctx, command, target)
+    if ":" in target:
+        start_text, destination = target.split(":", 1)
+        heads = _offline_start(ctx, start_text)
+    else:
+        destination, (heads, note) = target, _current_start(ctx)
+        if on_note is not None:
+            on_note(note)
+    plan = build_plan(ctx.name, "upgrade", destination, heads, ctx.script, ctx.graph)
+    forced = reason.strip() if force and reason and reason.strip() else None
+    reasons = gate(plan, ctx, None, force=force, reason=forced) if plan.steps else []
+    if reasons and forced is None:
+        record_offline(ctx, OFFLINE_COMMAND, plan, reasons, lock_timeout=lock_timeout)  # raises the refusal
+    start: str | tuple[str, ...] = target.split(":", 1)[0] if ":" in target else heads
+    sql = _render_offline(ctx, "upgrade", destination, start, plan)
+    if reasons:
+        record_offline(ctx, OFFLINE_COMMAND, plan, reasons, forced_reason=forced, lock_timeout=lock_timeout)
+    return sql
+
+
+def _offline_start(ctx: EnvContext, start: str) -> tuple[str, ...]:
+    """Return the revisions a ``FROM:`` names (``base``: none)."""
+    if start in ("", "base"):
+        return ()
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    from orchestrator.plan import unknown_revision
+
+    try:
+        return tuple(sorted(r.revision for r in ctx.script.get_revisions(start) if r is not None))
+    except (RevisionError, CommandError) as exc:
+        raise unknown_revision(ctx.name, start, exc, ctx.graph) from None
+
+
+def _current_start(ctx: EnvContext) -> tuple[tuple[str, ...], str]:
+    """Return the database's current heads to render from (none when unreachable) and a note saying which."""
+    try:
+        heads = read_heads(ctx)
+    except DatabaseError as exc:
+        return (), f"{ctx.name}: rendering from base: the database is unreachable: {exc}; pass FROM:TO to choose the start"
+    if not heads:
+        return (), f"{ctx.name}: rendering from base: the database has no revision applied"
+    return heads, f"{ctx.name}: rendering from the database's current heads {', '.join(heads)}"
+
+
+def _render_offline(ctx: EnvContext, command: str, target: str, start: str | tuple[str, ...] = (),
+                    plan: Plan | None = None) -> str:
+    """Return Alembic's offline SQL for ``command`` to ``target`` from ``start`` (a ``FROM``, or heads)."""
     buffer = io.StringIO()
     cfg = ctx.config(output_buffer=buffer)
     try:
         with selected_env(ctx.name):
-            getattr(alembic_command, command)(cfg, target, sql=True)
+            if isinstance(start, tuple) and len(start) > 1:
+                _upgrade_offline_from_heads(ctx, cfg, start, target)
+            else:
+                first = start if isinstance(start, str) else next(iter(start), "")
+                getattr(alembic_command, command)(cfg, f"{first}:{target}" if first else target, sql=True)
     except OrchestratorError:
         raise
     except Exception as exc:
+        failed = _failed_offline_step(ctx, exc, buffer.getvalue(), plan)
+        if failed is not None:
+            raise MigrationFailed(
+                f"environment '{ctx.name}': revision {failed.revision} ({failed.path}) cannot render as SQL offline: "
+                f"{type(exc).__name__}: {first_line(exc)}; a script that reads the database (or uses batch mode on "
+                "SQLite) cannot run offline: skip that part under `context.is_offline_mode()`, or upgrade without --sql",
+                env=ctx.name, revision=failed.revision) from None
         raise ConfigError(
             f"environment '{ctx.name}': cannot render {command} {target} as SQL: {first_line(exc)}; "
             "scripts that read the database or use batch mode on SQLite cannot run offline"
         ) from None
     return buffer.getvalue()
+
+
+def _upgrade_offline_from_heads(ctx: EnvContext, cfg: Any, heads: tuple[str, ...], target: str) -> None:
+    """Render an upgrade offline from several heads at once.
+
+    ``alembic.command.upgrade`` takes one ``FROM`` in its ``FROM:TO`` text;
+    Alembic's EnvironmentContext takes a tuple of starting revisions, which is
+    what a database with several heads needs.
+    """
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = ctx.script
+
+    def upgrade(rev: Any, context: Any) -> Any:
+        return script._upgrade_revs(target, rev)
+
+    with EnvironmentContext(cfg, script, fn=upgrade, as_sql=True, starting_rev=heads, destination_rev=target):
+        script.run_env()
+
+
+def _failed_offline_step(ctx: EnvContext, exc: BaseException, output: str, plan: Plan | None) -> Step | None:
+    """Return the planned step whose script raised ``exc`` while rendering, if one can be told."""
+    if plan is None or not plan.steps:
+        return None
+    by_file = {os.path.realpath(ctx.graph.revisions[s.revision].path): s
+               for s in plan.steps if s.revision in ctx.graph.revisions}
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:  # the error, then what it was raised from
+        seen.add(id(error))
+        frames = traceback.extract_tb(error.__traceback__)
+        for frame in reversed(frames):  # the innermost script frame is the revision that failed
+            step = by_file.get(os.path.realpath(frame.filename))
+            if step is not None:
+                return step
+        error = error.__cause__ or error.__context__
+    # otherwise Alembic failed around a step: it announces each one ("-- Running upgrade A -> B") before running it
+    started = sum(1 for line in output.splitlines() if line.startswith("-- Running "))
+    return plan.steps[started - 1] if 0 < started <= len(plan.steps) else None
 
 
 def current(ctx: EnvContext) -> dict[str, Any]:
@@ -365,9 +483,8 @@ def review_approve(registry: Registry, revision: str, reviewer: str, *, note: st
     _check_rules(ack)
     ctx = contexts(registry)[0]
     found = _find_revision(ctx, revision)
-    ledger = load_ledger(registry.reviews_path).approve(found.revision, found.sha256, reviewer.strip(), note=note,
-                                                        acknowledged=ack)
-    save_ledger(ledger)
+    ledger = update_ledger(registry.reviews_path, lambda current: current.approve(
+        found.revision, found.sha256, reviewer.strip(), note=note, acknowledged=ack))
     unacked = []
     for env_ctx in contexts(registry):
         if env_ctx.env.protected and found.revision in env_ctx.graph.revisions:
@@ -383,7 +500,7 @@ def review_approve(registry: Registry, revision: str, reviewer: str, *, note: st
 def review_revoke(registry: Registry, revision: str) -> dict[str, Any]:
     """Remove the approval of ``revision`` from the ledger."""
     found = _find_revision(contexts(registry)[0], revision)
-    save_ledger(load_ledger(registry.reviews_path).revoke(found.revision))
+    update_ledger(registry.reviews_path, lambda current: current.revoke(found.revision))
     return {"revision": found.revision, "revoked": True}
 
 

@@ -195,6 +195,44 @@ def record_refusal(ctx: EnvContext, command: str, target: str, reasons: list[str
     run_with_connection(ctx.url, ctx.name, work)
 
 
+def record_offline(ctx: EnvContext, command: str, plan: Plan, reasons: list[str], *,
+                   forced_reason: str | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> str:
+    """Record offline SQL the gate refused: a blocked run (then raise the refusal), or, forced, a finished run.
+
+    The forced run (status succeeded, ``forced_reason`` set, heads unchanged,
+    no steps) says that SQL the gate refused was printed for someone to apply;
+    its id is returned. A refusal that cannot be recorded (the database is
+    unreachable) is still a refusal; a forced print that cannot be recorded is
+    an error, so nothing the gate refused is printed unrecorded.
+    """
+
+    def work(conn: Connection) -> str:
+        schema = ctx.env.version_table_schema
+        lock = lock_for(conn, ctx.url, lock_scope(ctx))
+        acquire(lock, conn=conn, env=ctx.name, schema=schema, timeout=lock_timeout)
+        try:
+            recorder = Recorder(conn, ctx.name, schema)
+            heads = current_heads(conn, ctx)
+            if forced_reason is None:
+                refuse(recorder, command, plan.target, heads, reasons, fingerprint=plan.fingerprint)
+            recorder.ensure_tables()
+            run_id = recorder.start_run(command=command, target=plan.target, heads_before=heads,
+                                        fingerprint=plan.fingerprint, forced_reason=forced_reason, status=SUCCEEDED)
+            conn.commit()
+            return run_id
+        finally:
+            _release(lock, conn)
+
+    try:
+        return run_with_connection(ctx.url, ctx.name, work)
+    except DatabaseError as exc:
+        if forced_reason is None:
+            reasons = [*reasons, f"this refusal is not recorded: {exc}"]
+            raise GateRefused(_refusal_message(ctx.name, reasons), env=ctx.name, reasons=tuple(reasons)) from None
+        raise DatabaseError(f"environment '{ctx.name}': cannot record the forced `{command}`, so its SQL is not "
+                            f"printed: {exc}; rerun when the database is reachable", env=ctx.name) from None
+
+
 def approved_by(ctx: EnvContext, plan: Plan) -> dict[str, str]:
     """Return the reviewer of each step whose approval matches the script, for the history."""
     if ctx.registry.reviews_path is None:

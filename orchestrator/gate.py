@@ -4,8 +4,10 @@ A gate is a callable returning every reason to refuse a plan (an empty list:
 go). On a protected environment the review gate refuses an upgrade with a
 step that is unreviewed, stale (edited since approval), or carries a lint
 error the approval does not acknowledge, or that its ``promote_from``
-environment has not applied yet; and refuses ``downgrade``/``stamp`` without
-``--force --reason``. Unprotected environments pass everything.
+environment has not applied yet (a succeeded upgrade of the sha256 on disk
+now: a stamp, an adopt or other content does not count); and refuses
+``downgrade``/``stamp`` without ``--force --reason``. Unprotected
+environments pass everything.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 class Gate(Protocol):
     """Return every reason to refuse ``plan`` on its environment (empty list: allowed)."""
 
-    def __call__(self, plan: "Plan", ctx: "EnvContext", conn: "Connection", *, force: bool = False,
+    def __call__(self, plan: "Plan", ctx: "EnvContext", conn: "Connection | None", *, force: bool = False,
                  reason: str | None = None) -> list[str]: ...
 
 
@@ -91,9 +93,17 @@ _lint_cache: dict[tuple[Any, ...], list["Finding"]] = {}
 
 
 def promotion_problems(ctx: "EnvContext", steps: Iterable["Step"]) -> list[str]:
-    """Return a reason when the ``promote_from`` environment has not applied every step (or cannot be read)."""
+    """Return the reasons ``promote_from`` has not applied every step as it is on disk now (or cannot be read).
+
+    Applied means a succeeded 'up' step recorded in the source's database with
+    the sha256 the script has now: a stamp or adopt there does not count, nor
+    content the source ran before the script was edited.
+    """
     from orchestrator.context import EnvContext
+    from orchestrator.db import first_line, run_with_connection
+    from orchestrator.recorder import upgraded_hashes
     from orchestrator.state import applied_revisions, read_heads
+    from sqlalchemy.exc import DBAPIError
 
     source_name = ctx.env.promote_from
     steps = list(steps)
@@ -102,10 +112,34 @@ def promotion_problems(ctx: "EnvContext", steps: Iterable["Step"]) -> list[str]:
     source = EnvContext(ctx.registry, ctx.registry.env(source_name), ctx.all_files)
     try:
         applied = applied_revisions(source, read_heads(source, must_exist=True))
+        upgraded = run_with_connection(source.url, source.name,
+                                       lambda conn: upgraded_hashes(conn, source.env.version_table_schema))
     except OrchestratorError as exc:
         return [f"cannot read '{source_name}' (promote_from) to check the promotion order: {exc}"]
+    except DBAPIError as exc:
+        return [f"cannot read '{source_name}' (promote_from) to check the promotion order: environment "
+                f"'{source_name}': cannot read its run history: {first_line(exc)}"]
     missing = [s.revision for s in steps if s.revision not in applied]
-    if not missing:
-        return []
-    return [f"'{source_name}' (promote_from) has not applied {', '.join(missing)}; "
-            f"promote {'it' if len(missing) == 1 else 'them'} there first (`orchestrator promote --to {source_name}`)"]
+    stamped = [s.revision for s in steps if s.revision in applied and s.revision not in upgraded]
+    reasons = []
+    if missing:
+        reasons.append(f"'{source_name}' (promote_from) has not applied {', '.join(missing)}; "
+                       f"promote {_it(missing)} there first (`orchestrator promote --to {source_name}`)")
+    if stamped:
+        reasons.append(f"'{source_name}' (promote_from) only stamped {', '.join(stamped)} (a stamp or adopt is not an "
+                       f"applied migration; no succeeded upgrade of {_it(stamped)} is recorded there); "
+                       f"upgrade {_it(stamped)} there first")
+    for step in steps:
+        entry = upgraded.get(step.revision)
+        if step.revision in applied and entry is not None and entry["sha256"] != step.sha256:
+            ran = entry["sha256"][:12] if entry["sha256"] else "unknown"
+            reasons.append(
+                f"revision {step.revision} ({step.path}) is not the content '{source_name}' (promote_from) applied: "
+                f"sha256 {ran} applied there (run {entry['run_id'][:12]}), {step.sha256[:12]} on disk now; "
+                f"re-run it on '{source_name}' first (downgrade it there, then `orchestrator upgrade --env {source_name}`)")
+    return reasons
+
+
+def _it(revisions: list[str]) -> str:
+    return "it" if len(revisions) == 1 else "them"
+

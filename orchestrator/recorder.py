@@ -498,3 +498,27 @@ def foreign_runs(conn: Connection, env: str, schema: str | None = None) -> list[
         entry = found.setdefault(row["env"], {"env": row["env"], "count": 0, "newest": dict(row)})
         entry["count"] += 1
     return sorted(found.values(), key=lambda e: e["env"])
+
+
+def upgraded_hashes(conn: Connection, schema: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return, per revision still upgraded, the sha256, run id and time of its latest succeeded 'up' step.
+
+    Every run in the database counts, whatever environment name it was recorded
+    under; a stamp or adopt is no 'up' step, and a later succeeded 'down' step
+    of the revision undoes its entry (it is no longer applied by an upgrade).
+    """
+    runs, steps = history_tables(schema)
+    if not sa.inspect(conn).has_table(STEPS_TABLE, schema=schema):
+        return {}
+    query = (sa.select(steps.c.revision, steps.c.direction, steps.c.script_sha256, steps.c.run_id, steps.c.started_at)
+             .join(runs, runs.c.run_id == steps.c.run_id)
+             .where(steps.c.direction.in_(("up", "down")), steps.c.status == SUCCEEDED)
+             .order_by(steps.c.started_at, steps.c.seq))
+    latest: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(query).mappings():
+        if row["direction"] == "down":
+            latest.pop(row["revision"], None)
+        else:
+            latest[row["revision"]] = {"sha256": row["script_sha256"], "run_id": row["run_id"],
+                                       "started_at": row["started_at"]}
+    return latest

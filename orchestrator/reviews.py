@@ -3,24 +3,30 @@
 An approval records the sha256 of the script as it was approved; a script
 edited afterwards is *stale*, which counts as unreviewed. The ledger lives in
 the repository, so approvals go through code review themselves. This module
-reads, judges and writes the ledger; it touches no database.
+reads, judges and writes the ledger; it touches no database. Writes are one
+locked read-modify-write (:func:`update_ledger`), so concurrent approvals
+are never lost.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from orchestrator.errors import ConfigError, RegistryError
+from orchestrator.errors import ConfigError, LockTimeout, RegistryError
 from orchestrator.yamlfile import parse_yaml, validation_error
 
 REVIEWED, UNREVIEWED, STALE = "reviewed", "unreviewed", "stale"
+LEDGER_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another one (each holds the lock for milliseconds)
 
 
 class ApprovalEntry(BaseModel):
@@ -135,8 +141,63 @@ def load_ledger(path: Path | None) -> Ledger:
     return Ledger(path, approvals)
 
 
+def update_ledger(path: Path | None, change: Callable[[Ledger], Ledger], *,
+                  timeout: float = LEDGER_LOCK_TIMEOUT) -> Ledger:
+    """Apply ``change`` to the ledger at ``path`` as one locked read-modify-write, and return the new ledger.
+
+    The lock is an exclusive ``flock`` on a sidecar file beside the ledger
+    (``.reviews.yaml.lock``): the ledger itself is replaced by each write, so a
+    lock on it would be lost with its old inode. The ledger is re-read under
+    the lock, so concurrent approvals never overwrite each other.
+    """
+    if path is None:
+        return load_ledger(path)  # raises: no review ledger configured
+    with _ledger_lock(path, timeout):
+        ledger = change(load_ledger(path))
+        save_ledger(ledger)
+    return ledger
+
+
+def lock_path(path: Path) -> Path:
+    """Return the sidecar file whose lock guards writes to the ledger at ``path``."""
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def _ledger_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold the ledger's exclusive lock (waiting at most ``timeout`` seconds for another writer)."""
+    import fcntl
+
+    sidecar = lock_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise RegistryError(f"cannot lock the review ledger ({sidecar}): {exc.strerror or exc}; "
+                            "check that the folder is writable", file=str(path)) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{path}: another `orchestrator review` has held the ledger's lock ({sidecar}) "
+                                      f"for {timeout:.0f}s; retry when it is done") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
 def save_ledger(ledger: Ledger) -> None:
-    """Write the ledger atomically, approvals sorted by revision."""
+    """Write the ledger atomically, approvals sorted by revision, keeping the file's mode.
+
+    A temporary file in the same folder is renamed over the ledger; it takes the
+    existing ledger's permission bits, or for a new ledger those of any new file
+    (0666 less the umask). Call it under :func:`update_ledger`'s lock.
+    """
     entries = []
     for approval in sorted(ledger.approvals.values(), key=lambda a: a.revision):
         entry = {"revision": approval.revision, "sha256": approval.sha256, "reviewer": approval.reviewer,
@@ -148,8 +209,23 @@ def save_ledger(ledger: Ledger) -> None:
     text = ("# Review ledger: approvals bound to each script's sha256. Written by `orchestrator review`;\n"
             "# edits go through code review like any other change.\n")
     text += yaml.safe_dump({"version": 1, "approvals": entries}, sort_keys=False, allow_unicode=True)
-    ledger.path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ledger.path.parent, prefix=".reviews-", suffix=".yaml")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, ledger.path)
+    path = ledger.path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = None
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # a new file's mode: 0666 less the umask
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RegistryError(f"cannot write the review ledger: {exc.strerror or exc}; check that the folder is writable",
+                            file=str(path)) from None

@@ -193,11 +193,16 @@ def test_unreviewed_then_stale_then_approved(pair: Project) -> None:
     new = sha(path)
     stale = (f"revision {NEW} ({shown(pair, NEW)}) changed since approval by alice (sha256 {old[:12]} approved, "
              f"{new[:12]} on disk); review it again: `orchestrator review approve {NEW} --reviewer NAME`")
+    # staging ran the old content: the promotion check (by sha256) refuses too
+    ran = runs(pair, "staging")[0]["run_id"][:12]
+    content = (f"revision {NEW} ({shown(pair, NEW)}) is not the content 'staging' (promote_from) applied: sha256 "
+               f"{old[:12]} applied there (run {ran}), {new[:12]} on disk now; re-run it on 'staging' first "
+               "(downgrade it there, then `orchestrator upgrade --env staging`)")
     result = pair.cli("-q", "upgrade", "--env", "prod")
-    assert (result.exit_code, result.stderr) == (3, refused("prod", stale))
+    assert (result.exit_code, result.stderr) == (3, refused("prod", stale, content))
     assert schema_snapshot(pair.urls["prod"]) == before
     assert [(r["status"], r["error"]) for r in runs(pair, "prod", 3)] == \
-        [("blocked", stale), ("blocked", reason), ("blocked", reason)]
+        [("blocked", f"{stale}; {content}"), ("blocked", reason), ("blocked", reason)]
     status, = pair.json("review", "status", "--env", "prod")["revisions"]
     assert {k: status[k] for k in ("revision", "state", "reviewer", "sha256", "approved_sha256")} == \
         {"revision": NEW, "state": "stale", "reviewer": "alice", "sha256": new, "approved_sha256": old}
@@ -205,6 +210,10 @@ def test_unreviewed_then_stale_then_approved(pair: Project) -> None:
     assert (check.exit_code, check.stdout) == (3, f"prod: {stale}\n")
 
     ok(pair, "review", "approve", NEW, "--reviewer", "bob")
+    result = pair.cli("-q", "upgrade", "--env", "prod")
+    assert (result.exit_code, result.stderr) == (3, refused("prod", content))
+    ok(pair, "downgrade", "--env", "staging", "-1")  # staging runs the approved content
+    ok(pair, "upgrade", "--env", "staging")
     result = pair.cli("-q", "upgrade", "--env", "prod")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"prod: upgraded {PROD_HEAD} -> {NEW} (1 step, run ")
