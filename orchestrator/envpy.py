@@ -88,7 +88,7 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
             return
         def invoke(c: Connection, rec: Recorder) -> None:
             run_planned(context.script, command, rec)  # the gate passed: the planned scripts may run now
-            _run_online(context, c, rec, opts)
+            _run_online(context, c, rec, opts, verb=command)
 
         run_locked(conn, ctx, command, target, invoke, lock_timeout=lock_timeout)
 
@@ -119,8 +119,8 @@ def _classify(context: Any, ctx: EnvContext, conn: Connection) -> tuple[str | No
     try:
         destination = context.get_revision_argument()
     except KeyError:  # no destination: a verb that reads (current, check, revision --autogenerate)
-        if verb in _READ_ONLY_COMMANDS or (verb is None and not ctx.env.protected):
-            return None, None
+        if verb is None or verb in _READ_ONLY_COMMANDS:
+            return None, None  # run with a hook that fails it, on a protected environment, should it apply a step
         raise _unclassified(ctx, verb, "no destination revision")
     # Alembic hands over None for "base", and a tuple for several heads
     if destination is None:
@@ -135,15 +135,16 @@ def _classify(context: Any, ctx: EnvContext, conn: Connection) -> tuple[str | No
         raise _unclassified(ctx, verb, f"destination {target}")
     heads = current_heads(conn, ctx)
     conn.rollback()
+    steps = {}
     for direction in ("upgrade", "downgrade"):
         try:
-            build_plan(ctx.name, direction, target, heads, ctx.script, ctx.graph)
+            steps[direction] = build_plan(ctx.name, direction, target, heads, ctx.script, ctx.graph).steps
         except OrchestratorError:
             continue
-        if ctx.env.protected and direction == "upgrade":
-            # through Alembic's Python API an upgrade and a stamp look the same here
-            raise _unclassified(ctx, verb, f"destination {target} (an upgrade or a stamp)")
-        return direction, target
+    moving = [direction for direction, found in steps.items() if found]
+    if len(moving) == 1 or (steps and not moving):
+        # through Alembic's Python API a stamp looks like an upgrade here: each step is checked as it applies
+        return (moving or list(steps))[0], target
     if ctx.env.protected:
         raise _unclassified(ctx, verb, f"destination {target}")
     return None, None
@@ -169,10 +170,15 @@ def _applies_nothing(ctx: EnvContext) -> Callable[..., None]:
     return hook
 
 
-def _run_online(context: Any, connection: Connection, recorder: Recorder | None, opts: dict[str, Any]) -> None:
-    """Configure Alembic on ``connection`` and run the steps, recording each through ``recorder``."""
+def _run_online(context: Any, connection: Connection, recorder: Recorder | None, opts: dict[str, Any],
+                verb: str | None = None) -> None:
+    """Configure Alembic on ``connection`` and run the steps, recording each through ``recorder``.
+
+    ``verb``, when the run was classified from outside (stock alembic), is checked against each step as it
+    applies: a stamp step in a run judged as an upgrade (or the reverse) fails the run before it is recorded.
+    """
     if recorder is not None:
-        opts = dict(opts, on_version_apply=recorder.on_version_apply)
+        opts = dict(opts, on_version_apply=recorder.on_version_apply if verb is None else _checked(recorder, verb))
     if connection.dialect.name == "sqlite":
         opts.setdefault("transactional_ddl", True)
     # Alembic commits each step itself only outside a caller's transaction
@@ -182,6 +188,18 @@ def _run_online(context: Any, connection: Connection, recorder: Recorder | None,
         if recorder is not None:
             recorder.begin_steps(connection, commits_each_step=commits_each_step)
         context.run_migrations()
+
+
+def _checked(recorder: Recorder, verb: str) -> Callable[..., None]:
+    """Return ``recorder.on_version_apply``, refusing a step of another kind than the verb the gate judged."""
+
+    def hook(*, step: Any, **kwargs: Any) -> None:
+        if bool(step.is_stamp) != (verb == "stamp"):
+            raise CommandError(f"environment '{recorder.env}': Alembic applied a {'stamp' if step.is_stamp else 'migration'}"
+                               f" step in a run judged as {verb}; it is rolled back; run it through `orchestrator {verb}`")
+        recorder.on_version_apply(step=step, **kwargs)
+
+    return hook
 
 
 def _environment(config: Any) -> tuple[Registry, Environment]:
