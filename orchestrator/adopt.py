@@ -25,7 +25,7 @@ from orchestrator.context import RUN_ATTRIBUTE, EnvContext
 from orchestrator.db import dialect_name, first_line, run_with_connection
 from orchestrator.drift import Difference, Schema, compare_schemas, reflect_schema
 from orchestrator.errors import ConfigError, DatabaseError, DifferencesFound, OrchestratorError, RevisionNotFound
-from orchestrator.executor import RunResult, execute, run_alembic, run_locked
+from orchestrator.executor import RunResult, execute, record_refusal, run_alembic, run_locked
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.plan import build_plan, check_target
 from orchestrator.state import current_heads, database_missing
@@ -212,7 +212,24 @@ def scratch_context(ctx: EnvContext, url: URL) -> EnvContext:
     """Return the environment pointed at ``url``, unprotected: migrations run there only to show a schema."""
     scratch = EnvContext(ctx.registry, replace(ctx.env, protected=False), ctx.all_files)
     scratch.__dict__["url"] = url
+    scratch.may_run = ctx.may_run  # type: ignore[method-assign]  # but only code the real environment may run
     return scratch
+
+
+def unapproved_to_build(ctx: EnvContext, revision: str | None) -> list[str]:
+    """Return a reason for each revision adopt would run in the scratch database that a protected environment may not run."""
+    from orchestrator.reviews import REVIEWED, load_ledger
+
+    if not ctx.env.protected:
+        return []
+    steps = build_plan(ctx.name, "upgrade", revision or "heads", (), ctx.script, ctx.graph).steps
+    try:
+        ledger = load_ledger(ctx.registry.reviews_path)
+    except OrchestratorError as exc:
+        return [f"cannot read the review ledger: {exc}"]
+    return [f"revision {s.revision} ({s.path}) is not approved at its current content, and adopt on protected "
+            f"environment '{ctx.name}' runs its code in a scratch database; run `orchestrator review approve "
+            f"{s.revision} --reviewer NAME` first" for s in steps if ledger.state(s.revision, s.sha256) != REVIEWED]
 
 
 def build_candidates(ctx: EnvContext, url: URL, revision: str | None) -> list[Candidate]:
@@ -290,6 +307,9 @@ def adopt(ctx: EnvContext, revision: str = AUTO, *, lock_timeout: float = DEFAUL
     ctx.graph
     live = read_live(ctx)
     wanted, source = chosen_revision(ctx, revision, live.user_version)
+    reasons = unapproved_to_build(ctx, wanted)
+    if reasons:  # no code of an unapproved script runs for a protected environment, not even in a scratch database
+        record_refusal(ctx, "adopt", wanted or revision, reasons, lock_timeout=lock_timeout)
     with scratch_database(ctx) as url:
         candidates = build_candidates(ctx, url, wanted)
         scratch = scratch_name(url)

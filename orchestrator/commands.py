@@ -524,7 +524,8 @@ def review_status(ctx: EnvContext, *, everything: bool = False) -> dict[str, Any
             "approved_at": approval.approved_at if approval else None,
             "approved_sha256": approval.sha256 if approval else None,
             "lint": [{"rule": f.rule, "severity": f.severity, "message": f.message, "acknowledged": f.rule in acked}
-                     for f in lint_findings(ctx, step.revision)],
+                     for f in (lint_findings(ctx, step.revision) if not ctx.env.protected or
+                               ledger.state(step.revision, step.sha256) == REVIEWED else ())],
         })
     return {"env": ctx.name, "protected": ctx.env.protected, "revisions": rows}
 

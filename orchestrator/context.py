@@ -5,10 +5,11 @@ environment sees (checked closed), the in-memory Alembic ``Config`` and the
 ``ScriptDirectory`` over the environment's own folders. Building the context
 sets ``ALEMBIC_ENV`` so that code run by Alembic sees the same environment.
 
-A context made for one environment alone loads that environment's scripts
-while reading its folders (as Alembic would) and hands the loaded modules to
-its ``ScriptDirectory``; contexts made together for several environments only
-parse the scripts, and Alembic loads an environment's scripts if it runs there.
+Scripts are only parsed while the folders are read; the ``ScriptDirectory``
+is handed them as :class:`~orchestrator.alembic_compat.JudgedModule` s, which
+run a script (compiled from the bytes that were hashed) only when Alembic or
+lint asks for its code, and on a protected environment only when that content
+is approved in the ledger: planning and the gate never run a script.
 """
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Any, Iterator, TextIO
 
 from alembic.config import Config
-from alembic.script import Script, ScriptDirectory
-from alembic.script.revision import RevisionMap
-from alembic.util import warn
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import URL
 
+from orchestrator.errors import GateRefused, GraphError, OrchestratorError
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
 from orchestrator.loader import RevisionFile, Stamp, folders_stamp, read_folders_stamped
 from orchestrator.redact import RedactingStream
@@ -44,7 +44,7 @@ class EnvContext:
     env: Environment
     _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
     _stamp: Stamp | None = field(default=None, repr=False)
-    # load this environment's own scripts while reading the folders (instead of parsing them)
+    # kept for callers; scripts are never loaded while the folders are read
     load_scripts: bool = False
 
     @property
@@ -72,11 +72,9 @@ class EnvContext:
     def all_files(self) -> dict[str, RevisionFile]:
         """Return every revision in every folder of the registry, ids checked unique."""
         if self._all_files is None:
-            load = self.env.version_locations if self.load_scripts else ()
-            if load:
-                self.directory  # puts prepend_sys_path on sys.path first, as Alembic does before loading
             files, self._stamp = read_folders_stamped(self.registry.all_folders(),
-                                                      recursive=self.env.recursive_version_locations, load=load)
+                                                      recursive=self.env.recursive_version_locations,
+                                                      may_run=self._may_run_unparsed())
             self._all_files = index_unique(files, self.registry.root)
         else:
             self._stamp = self._current_stamp()
@@ -108,41 +106,47 @@ class EnvContext:
         """Return Alembic's view of this environment's folders."""
         graph = self.graph  # refuse an unclosed graph before Alembic trips over it
         script = self.directory
-        # keyed as Alembic will find them: the real path of the folder, then the script's path inside it
-        real = {folder: (os.path.realpath(folder), len(str(folder))) for folder in self.env.version_locations}
-        _take_loaded(script, {real[f.folder][0] + str(f.path)[real[f.folder][1]:]: f for f in graph.revisions.values()
-                              if f.module is not None and f.folder in real})
+        from orchestrator.alembic_compat import install_revision_map, real_paths
+        install_revision_map(script, real_paths(graph.revisions.values(), self.env.version_locations), self.may_run)
         return script
 
+    def may_run(self, file: RevisionFile) -> None:
+        """Allow a script's code to run here, or refuse: a protected environment runs approved content only."""
+        if not self.env.protected:
+            return
+        from orchestrator.reviews import REVIEWED, load_ledger
 
-def _take_loaded(script: ScriptDirectory, loaded: dict[str, RevisionFile]) -> None:
-    """Make ``script`` build its revision map from the scripts already loaded while the folders were read.
+        try:
+            approved = load_ledger(self.registry.reviews_path).state(file.revision, file.sha256) == REVIEWED
+        except OrchestratorError:
+            approved = False
+        if not approved:
+            where = file.display_path(self.registry.root)
+            raise GateRefused(
+                f"environment '{self.name}': revision {file.revision} ({where}) is not approved at sha256 "
+                f"{file.sha256[:12]}, so none of its code runs on this protected environment; review it: "
+                f"`orchestrator review approve {file.revision} --reviewer NAME`", env=self.name,
+                reasons=(f"revision {file.revision} ({where}) is not approved",))
 
-    Alembic's own listing decides which files and in which order (as in
-    ``ScriptDirectory._load_revisions``); a file loaded before becomes a
-    ``Script`` from its module instead of being loaded a second time, and any
-    other file is loaded by Alembic as usual.
-    """
-    locations = getattr(script, "_version_locations", None)
-    if not loaded or locations is None or not hasattr(Script, "_list_py_dir") or not hasattr(Script, "_from_path"):
-        return  # an Alembic laid out otherwise loads them itself
+    def _may_run_unparsed(self) -> Any:
+        """Return the check made before a script with non-literal identifiers is run to read them."""
+        from orchestrator.reviews import load_ledger
 
-    def load_revisions() -> Iterator[Script]:
-        seen = set()
-        for folder in [Path(v) for v in locations if Path(v).exists()]:
-            for file_path in Script._list_py_dir(script, folder):
-                real_path = Path(file_path).resolve()
-                if real_path in seen:
-                    warn(f"File {real_path} loaded twice! ignoring. Please ensure version_locations is unique.")
-                    continue
-                seen.add(real_path)
-                found = loaded.get(str(real_path))
-                found_script = (Script(found.module, found.revision, real_path) if found is not None
-                                else Script._from_path(script, real_path))
-                if found_script is not None:
-                    yield found_script
+        def check(path: Path, folder: Path, sha256: str) -> None:
+            self.directory  # puts prepend_sys_path on sys.path first, as Alembic does before loading
+            if not any(env.protected for env in self.registry.environments.values()):
+                return
+            try:
+                approved = {a.sha256 for a in load_ledger(self.registry.reviews_path).approvals.values()}
+            except OrchestratorError:
+                approved = set()
+            if sha256 not in approved:
+                raise GraphError(
+                    f"{path.relative_to(folder.parent)}: revision identifiers are not literals, and a registry with "
+                    "protected environments runs no unapproved script to read them; assign revision, down_revision, "
+                    "branch_labels and depends_on literal values")
 
-    script.revision_map = RevisionMap(load_revisions)
+        return check
 
 
 def alembic_options(env: Environment, registry: Registry, *, separator: str = "newline") -> dict[str, str]:

@@ -21,14 +21,17 @@ from typing import Any, Callable
 from alembic.util import CommandError
 from sqlalchemy.engine import Connection, Engine
 
+from orchestrator.alembic_compat import run_planned
 from orchestrator.context import ENV_ATTRIBUTE, REGISTRY_ATTRIBUTE, RUN_ATTRIBUTE, EnvContext
-from orchestrator.errors import ConfigError, OrchestratorError
+from orchestrator.errors import ConfigError, GateRefused, OrchestratorError
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.recorder import HISTORY_TABLES, Recorder
 from orchestrator.registry import Environment, Registry, load_registry
 
-# the names of the inner functions alembic.command passes to env.py, per verb
-_RECORDED_COMMANDS = {"upgrade": "upgrade", "downgrade": "downgrade", "do_stamp": "stamp"}
+# the alembic.command verbs (public functions, named in config.cmd_opts by the alembic command line)
+_RECORDED_COMMANDS = ("upgrade", "downgrade", "stamp")
+# verbs that run env.py without a destination and apply nothing
+_READ_ONLY_COMMANDS = ("current", "check", "revision", "ensure_version")
 
 
 def run_migrations(context: Any = None, *, target_metadata: Any = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
@@ -42,9 +45,16 @@ def run_migrations(context: Any = None, *, target_metadata: Any = None, lock_tim
     """
     if context is None:
         from alembic import context
+    stock = ENV_ATTRIBUTE not in context.config.attributes  # the orchestrator sets it on the Config it hands over
     registry, env = _environment(context.config)
     opts = _configure_options(registry, env, target_metadata, configure_kwargs)
     if context.is_offline_mode():
+        if stock and env.protected:
+            raise CommandError(
+                f"environment '{env.name}' is protected: stock alembic --sql would render scripts outside the "
+                f"review gate; use `orchestrator upgrade --env {env.name} --sql`")
+        if stock:  # the judged bytes here too, not Alembic's own load of the scripts
+            context.script.revision_map = EnvContext(registry, env).script.revision_map
         context.configure(url=env.url(), literal_binds=True, dialect_opts={"paramstyle": "named"}, **opts)
         with context.begin_transaction():
             context.run_migrations()
@@ -67,18 +77,20 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
     from orchestrator.db import run_with_connection
     from orchestrator.executor import run_locked
 
-    command = _invoked_command(context)
     ctx = EnvContext(registry, env)
+    # stock alembic runs the scripts the orchestrator read, hashed and judges, never its own load of them
+    context.script.revision_map = ctx.script.revision_map
 
     def work(conn: Connection) -> None:
-        if command is None:  # current, history, revision --autogenerate, check: nothing to record
-            _run_online(context, conn, None, opts)
+        command, target = _classify(context, ctx, conn)
+        if command is None:  # current, check, revision --autogenerate: nothing to record
+            _run_online(context, conn, None, dict(opts, on_version_apply=_applies_nothing(ctx)))
             return
-        target = context.get_revision_argument()
-        # Alembic hands over None for "base"
-        target = "base" if target is None else (" ".join(target) if isinstance(target, tuple) else target)
-        run_locked(conn, ctx, command, target, lambda c, rec: _run_online(context, c, rec, opts),
-                   lock_timeout=lock_timeout)
+        def invoke(c: Connection, rec: Recorder) -> None:
+            run_planned(context.script, command, rec)  # the gate passed: the planned scripts may run now
+            _run_online(context, c, rec, opts, verb=command)
+
+        run_locked(conn, ctx, command, target, invoke, lock_timeout=lock_timeout)
 
     if isinstance(connection, Engine):  # pytest-alembic may hand over an Engine
         with connection.connect() as conn:
@@ -91,23 +103,82 @@ def _run_guarded(context: Any, registry: Registry, env: Environment, connection:
         run_with_connection(ctx.url, env.name, work)
 
 
-def _invoked_command(context: Any) -> str | None:
-    """Return upgrade, downgrade or stamp when Alembic runs one of those, else None."""
-    # alembic.context is a module proxy; the EnvironmentContext behind it keeps the
-    # verb's step function in its options (the only place the verb is known when
-    # Alembic is driven through its Python API rather than its command line)
-    instance = getattr(context, "_proxy", None) or context
-    fn = getattr(instance, "context_opts", {}).get("fn")
-    name = getattr(fn, "__name__", "")
-    if not name and context.config.cmd_opts is not None:
-        name = getattr(getattr(context.config.cmd_opts, "cmd", (None,))[0], "__name__", "")
-    return _RECORDED_COMMANDS.get(name)
+def _classify(context: Any, ctx: EnvContext, conn: Connection) -> tuple[str | None, Any]:
+    """Return the verb stock alembic runs (upgrade, downgrade, stamp; None: one that applies nothing) and its target.
+
+    Read from public seams only: the destination (``get_revision_argument``),
+    the verb the alembic command line was given (``config.cmd_opts``) and the
+    direction from the database's current heads to the destination. A run that
+    cannot be told apart on a protected environment is refused.
+    """
+    from orchestrator.plan import build_plan
+    from orchestrator.state import current_heads
+
+    cmd = getattr(context.config.cmd_opts, "cmd", None)
+    verb = getattr(cmd[0], "__name__", None) if isinstance(cmd, tuple) and cmd else None
+    try:
+        destination = context.get_revision_argument()
+    except KeyError:  # no destination: a verb that reads (current, check, revision --autogenerate)
+        if verb is None or verb in _READ_ONLY_COMMANDS:
+            return None, None  # run with a hook that fails it, on a protected environment, should it apply a step
+        raise _unclassified(ctx, verb, "no destination revision")
+    # Alembic hands over None for "base", and a tuple for several heads
+    if destination is None:
+        target: Any = "base"
+    elif isinstance(destination, (tuple, list)):
+        target = destination[0] if len(destination) == 1 else tuple(destination)
+    else:
+        target = destination
+    if verb in _RECORDED_COMMANDS:
+        return verb, target
+    if verb is not None and ctx.env.protected:
+        raise _unclassified(ctx, verb, f"destination {target}")
+    heads = current_heads(conn, ctx)
+    conn.rollback()
+    steps = {}
+    for direction in ("upgrade", "downgrade"):
+        try:
+            steps[direction] = build_plan(ctx.name, direction, target, heads, ctx.script, ctx.graph).steps
+        except OrchestratorError:
+            continue
+    moving = [direction for direction, found in steps.items() if found]
+    if len(moving) == 1 or (steps and not moving):
+        # through Alembic's Python API a stamp looks like an upgrade here: each step is checked as it applies
+        return (moving or list(steps))[0], target
+    if ctx.env.protected:
+        raise _unclassified(ctx, verb, f"destination {target}")
+    return None, None
 
 
-def _run_online(context: Any, connection: Connection, recorder: Recorder | None, opts: dict[str, Any]) -> None:
-    """Configure Alembic on ``connection`` and run the steps, recording each through ``recorder``."""
+def _unclassified(ctx: EnvContext, verb: str | None, what: str) -> GateRefused:
+    shown = f"alembic {verb}" if verb else "Alembic driven through its Python API"
+    return GateRefused(
+        f"environment '{ctx.name}' is protected and the orchestrator cannot tell what {shown} would do ({what}); "
+        f"nothing was run; use `orchestrator upgrade --env {ctx.name}` (or downgrade, stamp)", env=ctx.name,
+        reasons=(f"cannot classify {shown} ({what})",))
+
+
+def _applies_nothing(ctx: EnvContext) -> Callable[..., None]:
+    """Return an ``on_version_apply`` hook that fails a run expected to apply nothing, should it apply a step."""
+
+    def hook(*, step: Any, **_: Any) -> None:
+        if ctx.env.protected:
+            raise CommandError(f"environment '{ctx.name}' is protected: Alembic applied a step "
+                               f"({getattr(step, 'up_revision_id', None)}) in a run the orchestrator took for one "
+                               "that applies nothing; it is rolled back where DDL is transactional")
+
+    return hook
+
+
+def _run_online(context: Any, connection: Connection, recorder: Recorder | None, opts: dict[str, Any],
+                verb: str | None = None) -> None:
+    """Configure Alembic on ``connection`` and run the steps, recording each through ``recorder``.
+
+    ``verb``, when the run was classified from outside (stock alembic), is checked against each step as it
+    applies: a stamp step in a run judged as an upgrade (or the reverse) fails the run before it is recorded.
+    """
     if recorder is not None:
-        opts = dict(opts, on_version_apply=recorder.on_version_apply)
+        opts = dict(opts, on_version_apply=recorder.on_version_apply if verb is None else _checked(recorder, verb))
     if connection.dialect.name == "sqlite":
         opts.setdefault("transactional_ddl", True)
     # Alembic commits each step itself only outside a caller's transaction
@@ -117,6 +188,18 @@ def _run_online(context: Any, connection: Connection, recorder: Recorder | None,
         if recorder is not None:
             recorder.begin_steps(connection, commits_each_step=commits_each_step)
         context.run_migrations()
+
+
+def _checked(recorder: Recorder, verb: str) -> Callable[..., None]:
+    """Return ``recorder.on_version_apply``, refusing a step of another kind than the verb the gate judged."""
+
+    def hook(*, step: Any, **kwargs: Any) -> None:
+        if bool(step.is_stamp) != (verb == "stamp"):
+            raise CommandError(f"environment '{recorder.env}': Alembic applied a {'stamp' if step.is_stamp else 'migration'}"
+                               f" step in a run judged as {verb}; it is rolled back; run it through `orchestrator {verb}`")
+        recorder.on_version_apply(step=step, **kwargs)
+
+    return hook
 
 
 def _environment(config: Any) -> tuple[Registry, Environment]:

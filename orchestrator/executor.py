@@ -22,15 +22,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from alembic import __version__ as alembic_version
 from alembic import command as alembic_command
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
+from orchestrator import alembic_compat
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, selected_env
 from orchestrator.loader import path_for_display
 from orchestrator.db import first_line, run_with_connection
-from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
+from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
 from orchestrator.identity import check_owner
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
@@ -88,24 +90,29 @@ def execute(ctx: EnvContext, command: str, target: Target, *, lock_timeout: floa
 def run_alembic(ctx: EnvContext, cfg: Any, command: str, target: Target) -> None:
     """Run an Alembic verb on the ScriptDirectory already loaded for the plan (as ``alembic.command`` does).
 
-    ``alembic.command.upgrade`` would build and load a second ScriptDirectory;
-    reusing the planned one loads every script once and runs exactly the
-    scripts that were planned and judged.
+    ``alembic.command.upgrade`` would build and load a second ScriptDirectory
+    from disk; reusing the planned one runs exactly the scripts, and the bytes,
+    that were planned and judged (see :mod:`orchestrator.alembic_compat`).
     """
     script = ctx.script
-    if command == "upgrade" and hasattr(script, "_upgrade_revs"):
-        def upgrade(rev: Any, context: Any) -> Any:
-            return script._upgrade_revs(target, rev)
-        fn = upgrade
-    elif command == "downgrade" and hasattr(script, "_downgrade_revs"):
-        def downgrade(rev: Any, context: Any) -> Any:
-            return script._downgrade_revs(target, rev)
-        fn = downgrade
-    else:
+    fn = alembic_compat.step_function(script, command, target)
+    if fn is None:
+        if ctx.env.protected:
+            raise ConfigError(
+                f"environment '{ctx.name}': Alembic {alembic_version} has no tested way to {command} the judged "
+                f"scripts, and a protected environment runs nothing else; install alembic"
+                f"{'>=%d.%d,<%d.%d' % (*alembic_compat.ALEMBIC_TESTED[0], *alembic_compat.ALEMBIC_TESTED[1])}",
+                env=ctx.name)
         getattr(alembic_command, command)(cfg, target)
         return
-    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=target):
-        script.run_env()
+    destination = (target,) if command == "stamp" and isinstance(target, str) else target
+    try:
+        alembic_compat.run_planned(script, command, cfg.attributes.get(RUN_ATTRIBUTE))
+        with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=destination):
+            script.run_env()
+    except GraphError as exc:  # a script that cannot be imported fails the run, exit 1
+        raise MigrationFailed(f"environment '{ctx.name}': {exc}; no step was applied from it; fix the script and rerun",
+                              env=ctx.name) from None
 
 
 def lock_scope(ctx: EnvContext) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.reviews import STALE, UNREVIEWED, Ledger, load_ledger
+from orchestrator.reviews import REVIEWED, STALE, UNREVIEWED, Ledger, load_ledger
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -63,6 +63,8 @@ def review_problems(ctx: "EnvContext", steps: Iterable["Step"], ledger: Ledger) 
             reasons.append(
                 f"{where} changed since approval by {approval.reviewer} (sha256 {approval.sha256[:12]} approved, "
                 f"{step.sha256[:12]} on disk); review it again: `orchestrator review approve {step.revision} --reviewer NAME`")
+        if ctx.env.protected and state != REVIEWED:
+            continue  # lint runs the script's code, and a protected environment runs approved content only
         for finding in unacknowledged_errors(ctx, step, ledger):
             reasons.append(f"{where}: lint error {finding.rule} ({finding.message}) is not acknowledged; "
                            f"approve it with --ack {finding.rule}")
@@ -83,6 +85,12 @@ def lint_findings(ctx: "EnvContext", revision: str) -> list["Finding"]:
 
     script = ctx.script.get_revision(revision)
     found = ctx.graph.get(revision)
+    if ctx.env.protected and found is not None and not _may_run(ctx, found):
+        from orchestrator.lint import RULES, Finding
+
+        return [Finding("not-analysable", RULES["not-analysable"].severity, revision,
+                        f"not linted here: its content is not approved and a protected environment runs none of its "
+                        f"code; lint it on an unprotected environment, or approve it first", None)]
     key = (revision, found.sha256 if found else "", dialect_name(ctx.url), tuple(sorted(ctx.env.lint.items())))
     if key not in _lint_cache:
         _lint_cache[key] = lint_revision(script, dialect_name(ctx.url), ctx.env.lint)
@@ -90,6 +98,17 @@ def lint_findings(ctx: "EnvContext", revision: str) -> list["Finding"]:
 
 
 _lint_cache: dict[tuple[Any, ...], list["Finding"]] = {}
+
+
+def _may_run(ctx: "EnvContext", found: Any) -> bool:
+    """Return True when the environment may run the script's code (see EnvContext.may_run)."""
+    from orchestrator.errors import GateRefused
+
+    try:
+        ctx.may_run(found)
+    except GateRefused:
+        return False
+    return True
 
 
 def promotion_problems(ctx: "EnvContext", steps: Iterable["Step"]) -> list[str]:

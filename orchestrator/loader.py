@@ -2,25 +2,26 @@
 
 Each file is hashed and read for its ``revision``, ``down_revision``,
 ``branch_labels`` and ``depends_on``, so the graph of every environment can be
-checked before Alembic builds its own. A folder is either parsed (not run:
-other environments' folders, and every folder when several environments are
-read together) or loaded the way Alembic loads it (the folders of the one
-environment about to run Alembic): the loaded module is then handed to
-Alembic, so each script is loaded once, not parsed and then loaded.
+checked before Alembic builds its own. Scripts are parsed, never run, while
+they are read: each file is read once, and its bytes are kept with their hash
+so that the module Alembic later runs is compiled from exactly the bytes that
+were hashed and judged (:func:`module_from_source`), never re-read from disk
+and never taken from a ``.pyc``. Only a script whose identifiers are not
+literals is run to read them, from the same bytes, and only when ``may_run``
+allows it.
 """
 from __future__ import annotations
 
 import ast
 import fnmatch
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Collection, Iterable
-
-from alembic.util import load_python_file
+from typing import Any, Callable, Iterable
 
 from orchestrator.errors import GraphError
 
@@ -42,8 +43,10 @@ class RevisionFile:
     folder: Path
     sha256: str
     stat_key: tuple[int, int] = (0, 0)  # (size, mtime_ns) when read
-    # the module as Alembic loads it, when the folder was loaded rather than parsed
-    module: ModuleType | None = field(default=None, compare=False, repr=False)
+    # the bytes that were read and hashed: the only source the script is ever run from
+    source: bytes = field(default=b"", compare=False, repr=False)
+    # the module docstring, whole (Alembic's long message)
+    doc: str | None = field(default=None, compare=False, repr=False)
 
     def display_path(self, root: Path) -> str:
         """Return the path relative to ``root`` where possible."""
@@ -115,21 +118,23 @@ def read_folders(folders: Iterable[Path], *, recursive: bool = False) -> list[Re
     return read_folders_stamped(folders, recursive=recursive)[0]
 
 
+# called before a script whose identifiers are not literals is run to read them; raises to refuse
+MayRun = Callable[[Path, Path, str], None]
+
+
 def read_folders_stamped(folders: Iterable[Path], *, recursive: bool = False,
-                         load: Collection[Path] = ()) -> tuple[list[RevisionFile], Stamp]:
+                         may_run: MayRun | None = None) -> tuple[list[RevisionFile], Stamp]:
     """Return the revision files of several folders and the stamp of what was read, in one pass.
 
-    Scripts in ``load`` folders are loaded as Alembic loads them (and keep
-    their module); the others are only parsed. Each file is stat-ed before it
-    is read, so a change made while reading shows as a different stamp next time.
+    Every script is parsed, not run. Each file is stat-ed as it is read, so a
+    change made while reading shows as a different stamp next time.
     """
     files: list[RevisionFile] = []
     stamp = []
     for folder in folders:
-        read = load_revision_file if folder in load else read_revision_file
         for path in _scripts(folder, recursive):
             if _is_revision_file(path):
-                found = read(path, folder)
+                found = read_revision_file(path, folder, may_run)
                 files.append(found)
                 size, mtime_ns = found.stat_key
             else:
@@ -147,8 +152,8 @@ def _syntax_error(path: Path, folder: Path, exc: SyntaxError) -> GraphError:
     return GraphError(f"{_short(path, folder)}:{exc.lineno}: revision script has a syntax error: {exc.msg}; fix the file")
 
 
-def read_revision_file(path: Path, folder: Path) -> RevisionFile:
-    """Parse one revision script for its identifiers, falling back to importing it."""
+def read_revision_file(path: Path, folder: Path, may_run: MayRun | None = None) -> RevisionFile:
+    """Parse one revision script for its identifiers, falling back to running its bytes (if ``may_run`` allows)."""
     st, data = _read_bytes(path)
     try:
         tree = ast.parse(data, filename=str(path))
@@ -156,21 +161,14 @@ def read_revision_file(path: Path, folder: Path) -> RevisionFile:
         raise _syntax_error(path, folder, exc) from None
     values = _literal_assignments(tree)
     if values is None:
-        values = _imported_assignments(path, folder)
-    return _revision_file(path, folder, st, data, values, _message(tree))
-
-
-def load_revision_file(path: Path, folder: Path) -> RevisionFile:
-    """Load one revision script as Alembic does and read its identifiers from the module."""
-    st, data = _read_bytes(path)
-    module = _load(path, folder)
-    doc = module.__doc__
-    return _revision_file(path, folder, st, data, _module_values(module), _first_line(doc) if isinstance(doc, str) else "",
-                          module)
+        if may_run is not None:
+            may_run(path, folder, hashlib.sha256(data).hexdigest())
+        values = _module_values(module_from_source(path, folder, data))
+    return _revision_file(path, folder, st, data, values, _message(tree), _docstring(tree))
 
 
 def _revision_file(path: Path, folder: Path, st: os.stat_result, data: bytes, values: dict[str, Any], message: str,
-                   module: ModuleType | None = None) -> RevisionFile:
+                   doc: str | None = None) -> RevisionFile:
     """Check the identifiers read from one script and return its RevisionFile."""
     if not isinstance(values.get("revision"), str) or not values["revision"]:
         raise GraphError(f"{_short(path, folder)}: no 'revision = \"...\"' assignment; "
@@ -191,7 +189,8 @@ def _revision_file(path: Path, folder: Path, st: os.stat_result, data: bytes, va
         folder=folder,
         sha256=hashlib.sha256(data).hexdigest(),
         stat_key=(st.st_size, st.st_mtime_ns),
-        module=module,
+        source=data,
+        doc=doc,
     )
 
 
@@ -216,25 +215,32 @@ def _literal_assignments(tree: ast.Module) -> dict[str, Any] | None:
     return values
 
 
-def _imported_assignments(path: Path, folder: Path) -> dict[str, Any]:
-    """Import the script the way Alembic does and read its identifiers."""
-    return _module_values(_load(path, folder))
-
-
 def _module_values(module: ModuleType) -> dict[str, Any]:
     """Return a loaded script's identifier attributes (None where missing)."""
     return {name: getattr(module, name, None) for name in _FIELDS}
 
 
-def _load(path: Path, folder: Path) -> ModuleType:
-    """Load a script with Alembic's own loader; a failure is the script's, named by its path."""
+def module_from_source(path: Path, folder: Path, data: bytes, revision: str | None = None) -> ModuleType:
+    """Run a script's bytes as a fresh module (named as Alembic names it); a failure is the script's, named by its path.
+
+    The code is compiled from ``data``, the bytes that were hashed: never
+    re-read from disk and never taken from a cached ``.pyc``. A script that
+    raises ``SystemExit`` (or anything else) at import fails like any other.
+    """
+    spec = importlib.util.spec_from_file_location(re.sub(r"\W", "_", path.name), path)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
     try:
-        return load_python_file(str(path.parent), path.name)
+        code = compile(data, str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except SyntaxError as exc:
         raise _syntax_error(path, folder, exc) from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         detail = " ".join(str(exc).split())
-        raise GraphError(f"{_short(path, folder)}: cannot import revision script: {exc.__class__.__name__}: {detail}") from None
+        name = f" {revision}" if revision else ""
+        raise GraphError(f"{_short(path, folder)}: cannot import revision script{name}: {exc.__class__.__name__}: "
+                         f"{detail}") from None
+    return module
 
 
 def _short(path: Path, folder: Path) -> str:
@@ -253,6 +259,14 @@ def _message(tree: ast.Module) -> str:
     if not isinstance(first, ast.Expr) or not isinstance(first.value, ast.Constant) or not isinstance(first.value.value, str):
         return ""
     return _first_line(first.value.value)
+
+
+def _docstring(tree: ast.Module) -> str | None:
+    """Return the module docstring as written (what ``module.__doc__`` holds), or None."""
+    first = tree.body[0] if tree.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.value.value
+    return None
 
 
 def _first_line(doc: str) -> str:

@@ -248,6 +248,8 @@ def test_the_scratch_database_is_dropped_when_building_fails(legacy: Project, mo
     monkeypatch.setattr(adopting, "build_candidates", spy)
     legacy.write_revision("versions_prod", "bad000000001", PROD_HEAD, 'op.execute("SELECT * FROM no_such_table")',
                           message="breaks")
+    # a protected environment builds only approved revisions in the scratch database
+    assert legacy.cli("review", "approve", "bad000000001", "--reviewer", "alice").exit_code == 0
     result = legacy.cli("adopt", "--env", "prod", "--revision", "bad000000001")
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith("error: environment 'prod': cannot build revision bad000000001 in a scratch database: ")

@@ -248,53 +248,51 @@ def test_script_failing_on_import_with_a_multi_line_error_gives_one_line(tree: T
                      f"vp/{bad.name}: cannot import revision script: RuntimeError: line one line two")
 
 
-def test_a_script_failing_on_import_breaks_only_the_environments_that_load_it(tree: Tree) -> None:
-    # literal ids: parsing it is fine, running it is not; prod does not list vt, so it never runs it
+def test_a_script_failing_on_import_breaks_only_the_runs_that_execute_it(tree: Tree) -> None:
+    # literal ids: parsing it is fine, running it is not; reading never runs a script, so only a run fails
     bad = tree.add("vt", "ccc_raises.py", script("ccc", "bbb", message="raises").replace(
         "from alembic import op\n", "from alembic import op\nraise RuntimeError('needs the test fixtures')\n"))
     prod = tree.cli("--env", "prod", "heads", "--json")
     assert prod.exit_code == 0, prod.output
     assert [h["revision"] for h in json.loads(prod.stdout)["heads"]] == ["bbb"]
-    assert_one_error(tree.cli("--env", "dev", "heads"),
-                     f"vt/{bad.name}: cannot import revision script: RuntimeError: needs the test fixtures")
-    assert_no_database(tree)
+    dev = tree.cli("--env", "dev", "heads", "--json")
+    assert dev.exit_code == 0, dev.output
+    assert_one_error(tree.cli("--env", "dev", "-q", "upgrade"),
+                     f"environment 'dev': vt/{bad.name}: cannot import revision script ccc: RuntimeError: needs the "
+                     "test fixtures; no step was applied from it; fix the script and rerun", code=1)
 
 
-def test_one_environment_loads_each_of_its_scripts_once_and_alembic_runs_those_modules(
+def test_scripts_are_parsed_when_read_and_run_once_from_the_bytes_read(
         tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
     import alembic.script.base
 
+    import orchestrator.alembic_compat
     import orchestrator.loader
     from orchestrator.context import contexts
 
     tree.add("vp", "ccc_third.py", script("ccc", "bbb", message="third"))
     tree.add("vt", "ddd_test.py", script("ddd", "ccc", message="test only"))
     loads: list[str] = []
-    real = orchestrator.loader.load_python_file
+    real_load, real_run = alembic.script.base.util.load_python_file, orchestrator.loader.module_from_source
 
-    def counting(dir_: str, filename: str):  # the real loader, counted
+    def counting(dir_: str, filename: str):  # Alembic's loader, counted
         loads.append(filename)
-        return real(dir_, filename)
+        return real_load(dir_, filename)
 
-    monkeypatch.setattr(orchestrator.loader, "load_python_file", counting)
+    def running(path, folder, data, revision=None):  # ours, counted
+        loads.append(f"bytes:{path.name}")
+        return real_run(path, folder, data, revision)
+
     monkeypatch.setattr(alembic.script.base.util, "load_python_file", counting)
+    monkeypatch.setattr(orchestrator.loader, "module_from_source", running)
+    monkeypatch.setattr(orchestrator.alembic_compat, "module_from_source", running)
     ctx, = contexts(load_registry(tree.registry_path), ["prod"])
     result = ctx.script.get_revisions("heads")
-    assert [r.revision for r in result] == ["ccc"]
-    # prod's three scripts loaded once each, while its folders were read; vt's script only parsed
-    assert sorted(loads) == ["aaa_first.py", "bbb_second.py", "ccc_third.py"]
-    for rev in ("aaa", "bbb", "ccc"):
-        assert ctx.script.get_revision(rev).module is ctx.graph.revisions[rev].module is not None
-    assert ctx.all_files["ddd"].module is None
-    # several environments read together are only parsed
-    loads.clear()
-    both = contexts(load_registry(tree.registry_path), ["prod", "dev"])
-    assert set(both[1].graph.revisions) == {"aaa", "bbb", "ccc", "ddd"} and loads == []
-    # a real upgrade on SQLite: each script loaded once (and the env.py), Alembic runs those modules
-    loads.clear()
+    assert [r.revision for r in result] == ["ccc"] and loads == []  # planning runs no script
+    # a real upgrade on SQLite: each script run once from the bytes read, Alembic loads only the env.py
     run = tree.cli("--env", "prod", "upgrade")
     assert run.exit_code == 0, run.output
-    assert sorted(loads) == ["aaa_first.py", "bbb_second.py", "ccc_third.py", "env.py"]
+    assert sorted(loads) == ["bytes:aaa_first.py", "bytes:bbb_second.py", "bytes:ccc_third.py", "env.py"]
     current = tree.cli("--env", "prod", "current", "--json")
     assert [h["revision"] for h in json.loads(current.stdout)["heads"]] == ["ccc"]
 
