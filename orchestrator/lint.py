@@ -173,7 +173,10 @@ def lint_statements(statements: Sequence[str], dialect_name: str, revision: str)
     findings: dict[tuple[str, str], Finding] = {}
     for sql in statements:
         tree, problem = _parse(sql, dialect_name)
-        checked = [("not-analysable", problem)] if problem else _check(tree, read, created) if tree is not None else []
+        if problem is not None:
+            checked: Iterable[tuple[str, str]] = [("not-analysable", problem)]
+        else:
+            checked = _check(tree, read, created) if tree is not None else []
         for rule, message in checked:
             findings.setdefault((rule, message),
                                 Finding(rule, RULES[rule].severity, revision, message, _clip(redact(sql))))
