@@ -6,6 +6,7 @@ and never a traceback unless ``--debug``.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import json
@@ -15,7 +16,7 @@ import sys
 import traceback
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -24,6 +25,7 @@ from orchestrator.context import EnvContext, contexts
 from orchestrator.db import first_line
 from orchestrator.errors import EXIT_DIFFERENCES, EXIT_FAILURE, EXIT_REFUSED, EXIT_USAGE, OrchestratorError
 from orchestrator.executor import NOTHING, RunResult
+from orchestrator.loader import path_for_display
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
 from orchestrator.output import consoles, ids, inert, print_json, table
 from orchestrator.redact import RedactingFilter, redact
@@ -143,6 +145,31 @@ def fail(state: State, message: str, code: int) -> None:
     ERR.file.write(f"error: {inert(message)}\n")  # (the text may quote a script's exception: no escapes pass)
     ERR.file.flush()
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def verdict_first(state: State, verb_name: str) -> Iterator[None]:
+    """Fail (exit 1, one line) when code run while a verdict is computed tries to end the process.
+
+    A revision script calling ``sys.exit(0)`` (at import, or in ``upgrade()``
+    when something renders it) must never make a check exit 0 with no verdict.
+    """
+    try:
+        yield
+    except (SystemExit, click.exceptions.Exit) as exc:
+        code = exc.code if isinstance(exc, SystemExit) else exc.exit_code
+        fail(state, f"{_exit_site(state, exc)}: sys.exit({code!r}) was called while `{verb_name}` read the revision "
+                    "scripts, before any verdict; remove that call from the script", EXIT_FAILURE)
+
+
+def _exit_site(state: State, exc: BaseException) -> str:
+    """Return ``file:line`` of the innermost Python frame that raised ``exc`` (relative to the project root)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "a revision script"
+    frame = frames[-1]
+    name = path_for_display(frame.filename, state._registry.root) if state._registry is not None else frame.filename
+    return f"{name}:{frame.lineno}"
 
 
 @click.group(cls=OrchestratorGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -529,7 +556,8 @@ def review_status_cmd(state: State, everything: bool) -> None:
 @verb
 def review_check_cmd(state: State, everything: bool) -> None:
     """Exit 3 if anything pending for the environment is unreviewed, stale or has unacknowledged lint errors."""
-    data = commands.review_check(state.context(), everything=everything)
+    with verdict_first(state, "review check"):
+        data = commands.review_check(state.context(), everything=everything)
     if state.json:
         print_json(OUT, data)
     elif data["problems"]:
@@ -548,7 +576,8 @@ def review_check_cmd(state: State, everything: bool) -> None:
 @verb
 def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bool) -> None:
     """Find unsafe operations in the SQL each revision emits (default: every revision the environment sees)."""
-    data = commands.lint(state.context(), revisions, pending=pending)
+    with verdict_first(state, "lint"):
+        data = commands.lint(state.context(), revisions, pending=pending)
     if state.json:
         print_json(OUT, data)
     elif not data["findings"]:
@@ -564,8 +593,8 @@ def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bo
 @verb
 def verify_cmd(state: State) -> None:
     """Check integrity: graphs, applied scripts edited since, unknown revisions in databases, stray heads."""
-    registry = state.registry()
-    data = commands.verify(registry, [state.env] if state.env else None)
+    with verdict_first(state, "verify"):
+        data = commands.verify(state.registry(), [state.env] if state.env else None)
     if state.json:
         print_json(OUT, data)
     else:

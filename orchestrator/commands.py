@@ -524,8 +524,7 @@ def review_status(ctx: EnvContext, *, everything: bool = False) -> dict[str, Any
             "approved_at": approval.approved_at if approval else None,
             "approved_sha256": approval.sha256 if approval else None,
             "lint": [{"rule": f.rule, "severity": f.severity, "message": f.message, "acknowledged": f.rule in acked}
-                     for f in (lint_findings(ctx, step.revision) if not ctx.env.protected or
-                               ledger.state(step.revision, step.sha256) == REVIEWED else ())],
+                     for f in lint_findings(ctx, step.revision, ledger)],
         })
     return {"env": ctx.name, "protected": ctx.env.protected, "revisions": rows}
 
@@ -539,6 +538,9 @@ def review_check(ctx: EnvContext, *, everything: bool = False) -> dict[str, Any]
 
 def lint(ctx: EnvContext, revisions: tuple[str, ...] = (), *, pending: bool = False) -> dict[str, Any]:
     """Return the lint findings of ``revisions`` (default: every revision the environment sees, in order)."""
+    from orchestrator.lint import check_dialect
+
+    check_dialect(dialect_name(ctx.url), ctx.name)
     if revisions:
         chosen = [_find_revision(ctx, r).revision for r in revisions]
         unseen = [r for r in chosen if r not in ctx.graph.revisions]
@@ -547,8 +549,12 @@ def lint(ctx: EnvContext, revisions: tuple[str, ...] = (), *, pending: bool = Fa
                                    "pass an --env that lists its folder", env=ctx.name)
     else:
         chosen = [s.revision for s in _review_steps(ctx, not pending)]
+    ledger = None
+    if ctx.env.protected:  # read once: on a protected environment lint runs only approved scripts
+        with contextlib.suppress(OrchestratorError):
+            ledger = load_ledger(ctx.registry.reviews_path)
     findings = [{"revision": rev, "rule": f.rule, "severity": f.severity, "message": f.message,
-                 "statement": f.statement} for rev in chosen for f in lint_findings(ctx, rev)]
+                 "statement": f.statement} for rev in chosen for f in lint_findings(ctx, rev, ledger)]
     return {"env": ctx.name, "dialect": dialect_name(ctx.url), "revisions": chosen, "findings": findings}
 
 

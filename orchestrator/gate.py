@@ -72,43 +72,54 @@ def review_problems(ctx: "EnvContext", steps: Iterable["Step"], ledger: Ledger) 
 
 
 def unacknowledged_errors(ctx: "EnvContext", step: "Step", ledger: Ledger) -> list["Finding"]:
-    """Return the step's error findings that its (fresh) approval does not acknowledge."""
+    """Return the step's error findings that its (fresh) approval does not acknowledge.
+
+    A step without a fresh approval has none here: on a protected environment
+    its script is not run to lint it, and being unreviewed refuses it already.
+    """
     approval = ledger.approvals.get(step.revision)
-    acknowledged = set(approval.acknowledged) if approval is not None and approval.sha256 == step.sha256 else set()
-    return [f for f in lint_findings(ctx, step.revision) if f.severity == "error" and f.rule not in acknowledged]
+    fresh = approval is not None and approval.sha256 == step.sha256
+    if ctx.env.protected and not fresh:
+        return []
+    acknowledged = set(approval.acknowledged) if fresh and approval is not None else set()
+    return [f for f in lint_findings(ctx, step.revision, ledger)
+            if f.severity == "error" and f.rule not in acknowledged]
 
 
-def lint_findings(ctx: "EnvContext", revision: str) -> list["Finding"]:
-    """Return the lint findings of one revision on the environment's dialect (cached per content)."""
+def lint_findings(ctx: "EnvContext", revision: str, ledger: Ledger | None = None) -> list["Finding"]:
+    """Return the lint findings of one revision on the environment's dialect (cached per content).
+
+    On a protected environment a script whose content is not approved in the
+    ledger is not run: one ``not-analysable`` finding stands for it.
+    """
     from orchestrator.db import dialect_name
-    from orchestrator.lint import lint_revision
+    from orchestrator.lint import check_dialect, lint_revision, unapproved_findings
 
-    script = ctx.script.get_revision(revision)
+    dialect = dialect_name(ctx.url)
+    check_dialect(dialect, ctx.name)
     found = ctx.graph.get(revision)
-    if ctx.env.protected and found is not None and not _may_run(ctx, found):
-        from orchestrator.lint import RULES, Finding
-
-        return [Finding("not-analysable", RULES["not-analysable"].severity, revision,
-                        f"not linted here: its content is not approved and a protected environment runs none of its "
-                        f"code; lint it on an unprotected environment, or approve it first", None)]
-    key = (revision, found.sha256 if found else "", dialect_name(ctx.url), tuple(sorted(ctx.env.lint.items())))
+    sha256 = found.sha256 if found else ""
+    if ctx.env.protected and not _approved(ctx, revision, sha256, ledger):
+        return unapproved_findings(revision, ctx.name, ctx.env.lint)
+    # the environment's name too: its Config (main options) is what the script sees while rendered
+    key = (ctx.name, revision, sha256, dialect, tuple(sorted(ctx.env.lint.items())))
     if key not in _lint_cache:
-        _lint_cache[key] = lint_revision(script, dialect_name(ctx.url), ctx.env.lint)
+        script = ctx.script.get_revision(revision)
+        _lint_cache[key] = lint_revision(script, dialect, ctx.env.lint, config=ctx.config(), directory=ctx.script)
     return _lint_cache[key]
 
 
+def _approved(ctx: "EnvContext", revision: str, sha256: str, ledger: Ledger | None) -> bool:
+    """Tell whether the ledger approves this content of ``revision`` (an unreadable ledger approves nothing)."""
+    if ledger is None:
+        try:
+            ledger = load_ledger(ctx.registry.reviews_path)
+        except OrchestratorError:
+            return False
+    return bool(sha256) and ledger.state(revision, sha256) == REVIEWED
+
+
 _lint_cache: dict[tuple[Any, ...], list["Finding"]] = {}
-
-
-def _may_run(ctx: "EnvContext", found: Any) -> bool:
-    """Return True when the environment may run the script's code (see EnvContext.may_run)."""
-    from orchestrator.errors import GateRefused
-
-    try:
-        ctx.may_run(found)
-    except GateRefused:
-        return False
-    return True
 
 
 def promotion_problems(ctx: "EnvContext", steps: Iterable["Step"]) -> list[str]:

@@ -22,9 +22,17 @@ What SQL alone cannot tell, and how the rules approximate it:
   only;
 - ``index-not-concurrent`` and ``fk-not-valid`` are PostgreSQL rules; the other
   dialects have no such option and get no finding;
-- a statement sqlglot cannot parse (or parses only as an opaque command) gives
-  no finding; identical findings (same rule and message) in one step are
-  reported once, with the first statement.
+- a statement sqlglot cannot parse, or parses only as an opaque command or a
+  bare expression, is a ``not-analysable`` finding quoting the statement
+  (shortened, secrets masked): lint fails closed; identical findings (same rule
+  and message) in one step are reported once, with the first statement.
+
+Rendering runs the script's ``upgrade()``: given the environment's Alembic
+``Config``, ``alembic.context`` is set up for it as Alembic would (main
+options, no ``-x`` arguments), so scripts reading
+``context.config.get_main_option(...)`` render. Whatever the script raises,
+``SystemExit`` included (only ``KeyboardInterrupt`` passes), is a
+``not-analysable`` finding, never an exit.
 """
 from __future__ import annotations
 
@@ -37,19 +45,25 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlglot
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from alembic.script import Script
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.engine.mock import MockConnection
 from sqlalchemy.exc import NoInspectionAvailable
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from orchestrator.errors import ConfigError
+from orchestrator.redact import redact
+
 ERROR, WARNING, OFF = "error", "warning", "off"
 UP, DOWN = "up", "down"
 STATEMENT_CHARS = 200
 REASON_CHARS = 200
+QUOTE_CHARS = 80  # a statement quoted in a finding's message
 
 # Alembic dialect name -> sqlglot dialect name (MariaDB is read as MySQL)
 SQLGLOT_DIALECTS = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}
@@ -89,7 +103,8 @@ RULES: dict[str, Rule] = {rule.id: rule for rule in (
          "PostgreSQL: CREATE INDEX on an existing table without CONCURRENTLY"),
     Rule("fk-not-valid", WARNING, "PostgreSQL: foreign key added to an existing table without NOT VALID"),
     Rule("data-change", WARNING, "INSERT, UPDATE, DELETE or MERGE emitted by the step"),
-    Rule("not-analysable", ERROR, "the step cannot be rendered offline; a reviewer must acknowledge it"),
+    Rule("not-analysable", ERROR, "the step cannot be rendered offline, or a statement it emits cannot be parsed; "
+                                  "a reviewer must acknowledge it"),
 )}
 
 
@@ -101,24 +116,39 @@ class NotAnalysable(Exception):
         self.reason = reason
 
 
-def render_step_sql(script: Script, dialect_name: str, direction: str = UP) -> list[str]:
-    """Return the SQL statements one revision emits, rendered offline for ``dialect_name``."""
+def render_step_sql(script: Script, dialect_name: str, direction: str = UP, *, config: Config | None = None,
+                    directory: ScriptDirectory | None = None) -> list[str]:
+    """Return the SQL statements one revision emits, rendered offline for ``dialect_name``.
+
+    With ``config`` (the environment's Alembic ``Config``, no ``-x``), ``alembic.context``
+    is an ``EnvironmentContext`` over it and ``directory`` while the step runs.
+    """
     _sqlglot_dialect(dialect_name)
     if direction not in (UP, DOWN):
         raise ValueError(f"direction must be '{UP}' or '{DOWN}', not {direction!r}")
     buffer = io.StringIO()
-    context = MigrationContext.configure(dialect_name=dialect_name, opts={
-        "as_sql": True, "output_buffer": buffer, "literal_binds": True, "transactional_ddl": False})
-    _refuse_reads(context)
-    try:
-        function = script.module.upgrade if direction == UP else script.module.downgrade
-        with Operations.context(context):
-            function()
-    except NotAnalysable:
-        raise
-    except Exception as exc:
-        raise NotAnalysable(_reason(exc)) from exc
+    opts = {"as_sql": True, "output_buffer": buffer, "literal_binds": True, "transactional_ddl": False}
+    with _proxies_restored():
+        try:
+            if config is None:
+                _run_step(script, direction, MigrationContext.configure(dialect_name=dialect_name, opts=opts))
+            else:
+                with EnvironmentContext(config, directory) as environment:  # type: ignore[arg-type]
+                    environment.configure(dialect_name=dialect_name, **opts)  # type: ignore[arg-type]
+                    _run_step(script, direction, environment.get_context())
+        except (NotAnalysable, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # SystemExit too: a script's sys.exit() is its failure, never lint's exit
+            raise NotAnalysable(_reason(exc)) from exc
     return split_statements(buffer.getvalue(), dialect_name)
+
+
+def _run_step(script: Script, direction: str, context: MigrationContext) -> None:
+    """Run one revision's upgrade() or downgrade() into ``context`` (reads refused)."""
+    _refuse_reads(context)
+    function = script.module.upgrade if direction == UP else script.module.downgrade
+    with Operations.context(context):
+        function()
 
 
 def split_statements(sql: str, dialect_name: str) -> list[str]:
@@ -142,24 +172,51 @@ def lint_statements(statements: Sequence[str], dialect_name: str, revision: str)
     created: set[str] = set()
     findings: dict[tuple[str, str], Finding] = {}
     for sql in statements:
-        tree = _parse(sql, read)
-        if tree is None:
-            continue
-        for rule, message in _check(tree, read, created):
-            findings.setdefault((rule, message), Finding(rule, RULES[rule].severity, revision, message, _clip(sql)))
+        tree, problem = _parse(sql, dialect_name)
+        if problem is not None:
+            checked: Iterable[tuple[str, str]] = [("not-analysable", problem)]
+        else:
+            checked = _check(tree, read, created) if tree is not None else []
+        for rule, message in checked:
+            findings.setdefault((rule, message),
+                                Finding(rule, RULES[rule].severity, revision, message, _clip(redact(sql))))
     return list(findings.values())
 
 
 def lint_revision(script: Script, dialect_name: str, severities: Mapping[str, str] | None = None, *,
-                  direction: str = UP) -> list[Finding]:
-    """Return the findings for one revision on one dialect, with ``severities`` overriding the defaults."""
+                  direction: str = UP, config: Config | None = None,
+                  directory: ScriptDirectory | None = None) -> list[Finding]:
+    """Return the findings for one revision on one dialect, with ``severities`` overriding the defaults.
+
+    ``config`` and ``directory`` are the environment's, for scripts that read ``alembic.context``.
+    """
     levels = effective_severities(severities)
     try:
-        findings = lint_statements(render_step_sql(script, dialect_name, direction), dialect_name, script.revision)
+        statements = render_step_sql(script, dialect_name, direction, config=config, directory=directory)
+        findings = lint_statements(statements, dialect_name, script.revision)
     except NotAnalysable as exc:
         findings = [Finding("not-analysable", RULES["not-analysable"].severity, script.revision,
                             f"not analysable offline: {exc.reason}", None)]
     return [replace(f, severity=levels[f.rule]) for f in findings if levels[f.rule] != OFF]
+
+
+def unapproved_findings(revision: str, env: str, severities: Mapping[str, str] | None = None) -> list[Finding]:
+    """Return the finding standing for a revision that lint does not run: its content is not approved.
+
+    On a protected environment no code of an unapproved script runs, so its
+    step is not rendered; the gate refuses it as unreviewed anyway.
+    """
+    levels = effective_severities(severities)
+    if levels["not-analysable"] == OFF:
+        return []
+    message = (f"not analysable on protected environment '{env}': its content is not approved in the review ledger, "
+               "so lint does not run it; lint it on an unprotected environment")
+    return [Finding("not-analysable", levels["not-analysable"], revision, message, None)]
+
+
+def check_dialect(dialect_name: str, env: str | None = None) -> None:
+    """Refuse, as a configuration error, a dialect lint cannot read."""
+    _sqlglot_dialect(dialect_name, env)
 
 
 def unknown_rules(rules: Iterable[str]) -> str | None:
@@ -212,6 +269,8 @@ _BATCH = re.compile(r'batch mode with dialect (\w+) requires a live database con
 
 def _reason(exc: BaseException) -> str:
     """Return one line saying why a step could not be rendered offline."""
+    if isinstance(exc, SystemExit):
+        return _clip(f"calls sys.exit({exc.code!r})", REASON_CHARS)
     line = _first_line(exc)
     batch = _BATCH.search(line) if isinstance(exc, CommandError) else None
     if batch:
@@ -233,19 +292,50 @@ def _clip(text: str, limit: int = STATEMENT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _sqlglot_dialect(dialect_name: str) -> str:
-    """Return sqlglot's name for an Alembic dialect name, refusing others."""
+def _sqlglot_dialect(dialect_name: str, env: str | None = None) -> str:
+    """Return sqlglot's name for an Alembic dialect name, refusing others (a configuration error)."""
     try:
         return SQLGLOT_DIALECTS[dialect_name]
     except KeyError:
-        raise ValueError(f"lint supports the dialects {', '.join(SQLGLOT_DIALECTS)}, not {dialect_name!r}") from None
+        where = f"environment '{env}': " if env else ""
+        raise ConfigError(f"{where}lint supports the dialects {', '.join(SQLGLOT_DIALECTS)}, not {dialect_name!r}; "
+                          "lint the revisions on an environment of one of those dialects", env=env) from None
+
+
+def _quote(sql: str) -> str:
+    """Return a statement for a message: on one line, shortened, secrets masked, in double quotes."""
+    return '"' + _clip(redact(" ".join(sql.split())), QUOTE_CHARS) + '"'
+
+
+@contextmanager
+def _proxies_restored() -> Iterator[None]:
+    """Put ``alembic.context`` and ``alembic.op`` back as they were once a step is rendered.
+
+    Lint may run inside a migration already under way (the gate, called from
+    an env.py that stock ``alembic`` runs): that run's proxies must survive.
+    """
+    import alembic.context
+    import alembic.op
+
+    saved = [(module, getattr(module, "_proxy", None)) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for module, before in saved:
+            now = getattr(module, "_proxy", None)
+            if now is before:
+                continue
+            if before is not None:
+                before._install_proxy()
+            elif now is not None:
+                now._remove_proxy()
 
 
 # --- rules -------------------------------------------------------------------------------------------
 
 
 class _QuietFallback(logging.Filter):
-    """Drop sqlglot's 'falling back to parsing as a Command' warning (such statements give no finding)."""
+    """Drop sqlglot's 'falling back to parsing as a Command' warning (lint reports such statements itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Falling back to parsing as a 'Command'" not in record.getMessage()
@@ -262,14 +352,30 @@ def _quiet_sqlglot() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def _parse(sql: str, read: str) -> exp.Expression | None:
-    """Return sqlglot's tree for one statement, or None when it cannot say what the statement is."""
+# what a statement parses to when sqlglot knows what it is (anything else, e.g. exp.Command, a bare
+# column or alias, is opaque); getattr: not every sqlglot version has every class
+_STATEMENTS = tuple(c for c in (getattr(exp, name, None) for name in (
+    "Query", "DDL", "DML", "Alter", "Drop", "Create", "Insert", "Update", "Delete", "Merge", "Values", "Set",
+    "Transaction", "Commit", "Rollback", "Comment", "Grant", "Revoke", "Pragma", "TruncateTable", "Analyze",
+    "Use", "Describe", "Show")) if isinstance(c, type))
+
+
+def _parse(sql: str, dialect_name: str) -> tuple[exp.Expression | None, str | None]:
+    """Return sqlglot's tree for one statement, or why lint cannot say what it is (None, None: only comments)."""
+    read = _sqlglot_dialect(dialect_name)
+    display = _DISPLAY.get(dialect_name, dialect_name)
     try:
         with _quiet_sqlglot():
+            if not sqlglot.Dialect.get_or_raise(read).tokenize(sql):
+                return None, None  # nothing but comments
             tree = sqlglot.parse_one(sql, read=read)
-    except Exception:  # ParseError, TokenError, or anything else sqlglot trips on: no finding, no crash
-        return None
-    return None if tree is None or isinstance(tree, exp.Command) else tree
+    except Exception as exc:  # ParseError, TokenError, or anything else sqlglot trips on: not analysable, no crash
+        why = _first_line(exc).rstrip(".")
+        return None, _clip(f"not analysable: sqlglot cannot parse statement {_quote(sql)} as {display}"
+                           + (f" ({why})" if why else ""), REASON_CHARS + QUOTE_CHARS)
+    if tree is None or not isinstance(tree, _STATEMENTS) or isinstance(tree, exp.Command):
+        return None, f"not analysable: sqlglot reads statement {_quote(sql)} only as an opaque command; no rule can check it"
+    return tree, None
 
 
 _DATA_VERBS = {exp.Insert: "inserts rows into", exp.Update: "updates rows in", exp.Delete: "deletes rows from",

@@ -26,6 +26,7 @@ from typing import Callable
 import pytest
 
 from conftest import PROD_REVISIONS, Project, make_project
+from orchestrator.errors import ConfigError
 from orchestrator.lint import (
     RULES, Finding, NotAnalysable, lint_revision, lint_statements, render_step_sql, split_statements,
 )
@@ -274,7 +275,7 @@ def test_rule_ids_and_default_severities_are_stable() -> None:
 
 def test_unknown_dialect_is_refused(tmp_path: Path) -> None:
     project = offline_project(tmp_path)
-    with pytest.raises(ValueError, match="not 'oracle'"):
+    with pytest.raises(ConfigError, match="not 'oracle'"):
         render_step_sql(project.ctx("main").script.get_revision(BASE), "oracle")
 
 
@@ -290,7 +291,7 @@ def test_unknown_dialect_is_refused(tmp_path: Path) -> None:
                     "ALTER TABLE t ADD COLUMN s SERIAL NOT NULL",
                     "ALTER TABLE t ADD COLUMN g INTEGER GENERATED ALWAYS AS IDENTITY NOT NULL",
                     "ALTER TABLE t ALTER COLUMN a DROP NOT NULL", "ALTER TABLE t ALTER COLUMN a SET DEFAULT 'x'",
-                    "VACUUM t", "SELECT 1"], []),
+                    "SELECT 1"], []),
     ("postgresql", ["ALTER TABLE t ADD FOREIGN KEY(b) REFERENCES p (id)"],
      [("fk-not-valid", "adds foreign key (b) on t without NOT VALID")]),
     ("postgresql", ["ALTER TABLE s.t ALTER COLUMN a TYPE TEXT USING a::text", "ALTER TABLE s.t RENAME COLUMN a TO b",
@@ -301,8 +302,14 @@ def test_unknown_dialect_is_refused(tmp_path: Path) -> None:
     ("mysql", ["ALTER TABLE t MODIFY a VARCHAR(50) NOT NULL", "ALTER TABLE t CHANGE a a2 VARCHAR(50) NOT NULL",
                "ALTER TABLE t ADD COLUMN c INTEGER NOT NULL AUTO_INCREMENT", "CREATE INDEX ix ON t (b)"],
      [("set-not-null", "sets column t.a NOT NULL"), ("rename-column", "renames column t.a to a2")]),
-    # what sqlglot cannot parse, or parses only as an opaque command, gives no finding and no crash
-    ("postgresql", ["ALTER TABLE t VALIDATE CONSTRAINT fk", "THIS IS NOT SQL (", "-- only a comment", ""], []),
+    # what sqlglot cannot parse, or parses only as an opaque command, is not analysable (quoted); comments are nothing
+    ("postgresql", ["ALTER TABLE t VALIDATE CONSTRAINT fk", "THIS IS NOT SQL (", "VACUUM t", "-- only a comment", ""],
+     [("not-analysable", 'not analysable: sqlglot reads statement "ALTER TABLE t VALIDATE CONSTRAINT fk" only as an '
+                         "opaque command; no rule can check it"),
+      ("not-analysable", 'not analysable: sqlglot cannot parse statement "THIS IS NOT SQL (" as PostgreSQL '
+                         "(Expecting ). Line 1, Col: 17)"),
+      ("not-analysable", 'not analysable: sqlglot reads statement "VACUUM t" only as an opaque command; '
+                         "no rule can check it")]),
     ("sqlite", ["ALTER TABLE t DROP COLUMN a", "ALTER TABLE t RENAME COLUMN b TO c", "ALTER TABLE t RENAME TO u"],
      [("drop-column", "drops column t.a"), ("rename-column", "renames column t.b to c"),
       ("rename-table", "renames table t to u")]),
