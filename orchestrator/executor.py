@@ -216,6 +216,7 @@ def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Rec
     connection, and only then is ``abandon`` called to stop what the server still runs.
     A script's ``sys.exit()`` is a failure of its revision, never an exit code.
     """
+    exc = _interrupt_behind(exc) or exc  # e.g. the rollback that the Ctrl-C set off failed on a cut connection
     failed = plan.steps[len(recorder.steps)] if recorder.migrations_started and len(recorder.steps) < len(plan.steps) else None
     interrupted = not isinstance(exc, (Exception, SystemExit))
     said = None  # what the message says when it differs from what is recorded
@@ -270,6 +271,18 @@ def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Rec
         return exc
     return MigrationFailed(_failure_message(ctx, failed, said or detail, heads_after, committed), env=ctx.name,
                            revision=failed.revision if failed else None)
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """Return the Ctrl-C that an error was raised while handling, if any."""
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def _failure_message(ctx: EnvContext, failed: Any, detail: str, heads_after: tuple[str, ...],

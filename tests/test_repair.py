@@ -88,6 +88,41 @@ def test_ctrl_c_mid_step_records_the_run_interrupted_with_the_steps_done(single:
     assert single.cli("-q", "upgrade", PROD_HEAD, "--lock-timeout", "10").exit_code == EXIT_OK
 
 
+RUNNER_SESSIONS = {
+    "postgresql": "SELECT pid FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()",
+    "mysql": "SELECT id FROM information_schema.processlist WHERE db = :db AND id <> CONNECTION_ID()",
+}
+CUT = {"postgresql": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}
+
+
+@pytest.mark.parametrize("orchestrator_dialect", ["postgresql", "mysql"], indirect=True)
+def test_ctrl_c_after_the_connection_was_cut_records_on_a_new_connection(single: Project, orchestrator_dialect: str,
+                                                                         tmp_path: Path) -> None:
+    # (PostgreSQL records on a second connection; on MySQL the cut is seen by the rollback and the session reconnects)
+    add_sleeping_revision(single, "python")
+    url = single.urls["main"]
+    marker = tmp_path / "started"
+    runner = start_runner(single, "upgrade", env={"ORCH_TEST_MARKER": str(marker)})
+    wait_for(marker, runner)
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:  # the runner's session dies while it sleeps in Python
+            database = sa.engine.make_url(url).database
+            sessions = conn.execute(sa.text(RUNNER_SESSIONS[orchestrator_dialect]), {"db": database}).scalars().all()
+            assert sessions
+            for session in sessions:
+                conn.execute(sa.text(CUT[orchestrator_dialect].format(int(session))))
+    finally:
+        admin.dispose()
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=60)
+    assert (runner.returncode, out, err.splitlines()[-1]) == (130, "", "error: interrupted"), err
+    assert query(url, "SELECT status, error, heads_after FROM orchestrator_runs") == [
+        ("interrupted", "interrupted", PROD_HEAD)]
+    assert query(url, "SELECT revision, status FROM orchestrator_steps ORDER BY seq") == [
+        *[(rev, "succeeded") for rev in PROD_REVISIONS], (SLOW, "interrupted")]
+
+
 # ---------------------------------------------------------------------------- runs left running
 
 
@@ -271,3 +306,18 @@ def test_sys_exit_in_upgrade_is_a_failure_of_that_revision(single: Project, orch
     run, = single.json("runs", "--limit", "1")["runs"]
     assert (run["status"], run["error"], run["heads_after"]) == ("failed", recorded, [PROD_HEAD])
     assert query(url, "SELECT version_num FROM alembic_version") == [(PROD_HEAD,)]
+
+
+def test_sys_exit_in_downgrade_is_a_failure_whatever_the_code(single: Project, orchestrator_dialect: str) -> None:
+    url = single.urls["main"]
+    path = single.write_revision("versions_prod", EXITS, PROD_HEAD, "pass", "import sys\nsys.exit('no way back')",
+                                 message="exits")
+    assert single.cli("-q", "upgrade").exit_code == EXIT_OK
+    failed = single.run("-q", "downgrade", "-1")
+    assert (failed.returncode, failed.stdout) == (EXIT_FAILURE, "")
+    assert failed.stderr == (
+        f"error: environment 'main': revision {EXITS} (versions_prod/{path.name}) failed: called sys.exit('no way back') "
+        f"during downgrade(); rolled back; the database is at {EXITS}; see `orchestrator runs --env main`\n")
+    assert query(url, "SELECT revision, direction, status, error FROM orchestrator_steps WHERE status <> 'succeeded'") == [
+        (EXITS, "down", "failed", f"revision {EXITS} called sys.exit('no way back') during downgrade()")]
+    assert query(url, "SELECT version_num FROM alembic_version") == [(EXITS,)]
