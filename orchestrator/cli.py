@@ -610,6 +610,40 @@ def verify_cmd(state: State) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+@cli.command("repair")
+@click.option("--reason", required=True, metavar="TEXT", help="Why the history is being repaired; recorded with the run.")
+@lock_timeout_option
+@verb
+def repair_cmd(state: State, reason: str, lock_timeout: float) -> None:
+    """Mark dead runners' runs interrupted; accept edited applied scripts whose new content is approved.
+
+    \b
+    Works under the environment's lock (holding it proves no runner is alive):
+    every run still recorded as running is marked interrupted. An applied
+    script edited since is accepted only when the review ledger approves its
+    new sha256 (`review approve`), on any environment; otherwise the repair is
+    refused (exit 3) naming the revision and both hashes, and nothing changes.
+    What it did is recorded as a `repair` run carrying the reason, with one
+    `repair` step (old and new sha256) per accepted script, so `verify` is
+    clean again. Nothing is ever deleted from the history.
+    """
+    ctx = state.context()
+    data = commands.repair(ctx, reason=reason, lock_timeout=lock_timeout)
+    if state.json:
+        print_json(OUT, data)
+        return
+    for r in data["interrupted_runs"]:
+        OUT.line(f"{inert(ctx.name)}: run {r['run_id'][:12]} ({inert(r['command'])} by {inert(r['operator'])}, started "
+                 f"{r['started_at'][:19].replace('T', ' ')} UTC) marked interrupted: its runner is gone")
+    for a in data["accepted"]:
+        OUT.line(f"{inert(ctx.name)}: accepted revision {inert(a['revision'])} ({inert(a['path'])}) at sha256 "
+                 f"{a['new_sha256']} in place of {a['old_sha256']}, approved by {inert(a['reviewer'])}")
+    if data["run_id"]:
+        OUT.line(f"{inert(ctx.name)}: repaired (run {data['run_id'][:12]})")
+    else:
+        OUT.line(f"{inert(ctx.name)}: nothing to repair")
+
+
 @cli.command("release")
 @click.argument("revision")
 @click.option("--to", "to", metavar="FOLDER", help="Destination folder (default: the first folder of the chain's last environment).")

@@ -15,16 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import sqlalchemy as sa
 from alembic import command as alembic_command
 
 from orchestrator.context import EnvContext, alembic_options, contexts, selected_env
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
 from orchestrator.errors import (ConfigError, DatabaseError, GateRefused, GraphError, MigrationFailed, OrchestratorError,
                                  RevisionNotFound)
-from orchestrator.executor import NOTHING, RunResult, execute, record_offline, record_refusal
+from orchestrator.executor import NOTHING, RunResult, execute, lock_scope, record_offline, record_refusal
 from orchestrator.state import applied_revisions, database_missing, read_heads
 from orchestrator.gate import Gate, default_gate, lint_findings, review_gate, review_problems, unacknowledged_errors
-from orchestrator.lock import DEFAULT_LOCK_TIMEOUT
+from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
 from orchestrator.plan import Plan, build_plan
 from orchestrator.recorder import StepRecord, last_run, read_runs
 from orchestrator.graph import build_environment_graph, unlabelled_heads
@@ -575,6 +576,7 @@ def verify(registry: Registry, names: list[str] | None = None) -> dict[str, Any]
         findings += _head_findings(ctx)
         try:
             findings += _database_findings(ctx)
+            findings += _dead_run_findings(ctx)
         except DatabaseError as exc:
             unreachable.append(str(exc))
     return {"findings": findings, "unreachable": unreachable}
@@ -611,9 +613,10 @@ def _database_findings(ctx: EnvContext) -> list[str]:
         if found is None or entry is None or entry["sha256"] is None or entry["sha256"] == found.sha256:
             continue
         when = entry["started_at"].strftime("%Y-%m-%d %H:%M:%S")
+        how = "accepted by repair" if entry.get("direction") == "repair" else "applied"
         findings.append(
             f"environment '{ctx.name}': revision {rev} ({found.display_path(ctx.registry.root)}) changed after it was "
-            f"applied: sha256 {entry['sha256']} when applied (run {entry['run_id'][:12]}, {when} UTC), "
+            f"{how}: sha256 {entry['sha256']} when {how} (run {entry['run_id'][:12]}, {when} UTC), "
             f"{found.sha256} on disk")
     return findings + _unrecorded_findings(ctx, heads, facts)
 
@@ -623,7 +626,7 @@ def _history_facts(conn: Any, ctx: EnvContext) -> dict[str, Any]:
     from orchestrator.recorder import applied_hashes, first_heads, foreign_runs, read_identity, stamped_heads
 
     schema = ctx.env.version_table_schema
-    facts = {"applied": applied_hashes(conn, ctx.name, schema), "identity": read_identity(conn, schema),
+    facts = {"applied": applied_hashes(conn, ctx.name, schema, repairs=True), "identity": read_identity(conn, schema),
              "foreign": foreign_runs(conn, ctx.name, schema), "stamped": stamped_heads(conn, schema),
              "first_heads": first_heads(conn, schema)}
     conn.rollback()
@@ -684,6 +687,132 @@ def _graph_order(ctx: EnvContext, revisions: set[str]) -> list[str]:
     from orchestrator.report import graph_order
 
     return [r for r in graph_order(ctx.all_files) if r in revisions]
+
+
+def _dead_run_findings(ctx: EnvContext) -> list[str]:
+    """Report runs recorded as running whose runner is gone: the lock is free (taken for an instant; nothing written)."""
+    if database_missing(ctx):
+        return []
+    dead = run_with_connection(ctx.url, ctx.name, lambda conn: _runs_of_dead_runners(conn, ctx, held=False))
+    return [f"environment '{ctx.name}': run {_run_phrase(r)} is recorded as running but its runner is gone (the "
+            f"migration lock is free); mark it interrupted with `orchestrator repair --env {ctx.name} --reason TEXT`"
+            for r in dead]
+
+
+def _runs_of_dead_runners(conn: Any, ctx: EnvContext, *, held: bool) -> list[dict[str, Any]]:
+    """Return the runs left running in the database; unless the lock is ``held``, try it once, without waiting.
+
+    A held lock proves that no runner is alive, so every 'running' run there is a dead runner's.
+    """
+    from orchestrator.recorder import RUNS_TABLE, running_runs
+
+    schema = ctx.env.version_table_schema
+    if held:
+        return running_runs(conn, schema)
+    if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        return []
+    probe = lock_for(conn, ctx.url, lock_scope(ctx))
+    if not probe.try_acquire():
+        return []  # a runner holds the lock: its run is alive
+    try:
+        return running_runs(conn, schema)
+    finally:
+        probe.release()
+
+
+def _run_phrase(run: dict[str, Any]) -> str:
+    """Return a run as the lock's waiter names it: id prefix, command, operator, start time."""
+    return (f"{run['run_id'][:12]} ({run['command']} by {run['operator']}, "
+            f"started {run['started_at'].strftime('%Y-%m-%d %H:%M:%S')} UTC)")
+
+
+def repair(ctx: EnvContext, *, reason: str, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> dict[str, Any]:
+    """Repair the environment's history under its lock; nothing is ever deleted.
+
+    Runs left 'running' by dead runners (holding the lock proves them dead) are marked
+    interrupted; an applied script edited since is accepted only when the ledger approves
+    its new sha256, recorded as a ``repair`` step (old and new sha256) that ``verify``
+    then honours. An edited script without that approval refuses the whole repair
+    (recorded as a blocked run, nothing changed). A repair with nothing to do records nothing.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ConfigError("repair: --reason must say why the history is being repaired; it is recorded")
+    ctx.graph  # an unusable graph is reported before touching the database
+    if database_missing(ctx):
+        return _repaired(ctx, None, [], [])
+
+    def work(conn: Any) -> dict[str, Any]:
+        lock = lock_for(conn, ctx.url, lock_scope(ctx))
+        acquire(lock, conn=conn, env=ctx.name, schema=ctx.env.version_table_schema, timeout=lock_timeout)
+        try:
+            ctx.reload()  # judge the scripts as they are now that no one else runs
+            return _repair_locked(conn, ctx, reason)
+        finally:
+            with contextlib.suppress(Exception):
+                lock.release()
+
+    return run_with_connection(ctx.url, ctx.name, work)
+
+
+def _repair_locked(conn: Any, ctx: EnvContext, reason: str) -> dict[str, Any]:
+    """Decide and record one repair, with the environment's lock held."""
+    from orchestrator.recorder import BLOCKED, RUNS_TABLE, SUCCEEDED, Recorder, applied_hashes
+    from orchestrator.state import current_heads
+
+    schema = ctx.env.version_table_schema
+    if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        return _repaired(ctx, None, [], [])  # no history: nothing was ever recorded here
+    heads = current_heads(conn, ctx)
+    dead = _runs_of_dead_runners(conn, ctx, held=True)
+    recorded = applied_hashes(conn, ctx.name, schema, repairs=True)
+    edited = [(found, entry["sha256"]) for rev in sorted(applied_revisions(ctx, heads))
+              if (found := ctx.graph.get(rev)) is not None and (entry := recorded.get(rev)) is not None
+              and entry["sha256"] is not None and entry["sha256"] != found.sha256]
+    ledger = load_ledger(ctx.registry.reviews_path) if edited else None
+    accepted, reasons = [], []
+    for found, old in edited:
+        where = found.display_path(ctx.registry.root)
+        reviewer = ledger.reviewer(found.revision, found.sha256) if ledger is not None else None
+        if ledger is not None and reviewer is not None and ledger.state(found.revision, found.sha256) == REVIEWED:
+            accepted.append({"revision": found.revision, "path": where, "old_sha256": old, "new_sha256": found.sha256,
+                             "reviewer": reviewer, "down_revisions": found.down_revisions})
+        else:
+            reasons.append(f"revision {found.revision} ({where}) changed after it was applied (sha256 {old} when "
+                           f"applied, {found.sha256} on disk) and its new content is not approved; review the change "
+                           f"and run `orchestrator review approve {found.revision} --reviewer NAME`, then repair again")
+    recorder = Recorder(conn, ctx.name, schema)
+    if reasons:
+        recorder.start_run(command="repair", target=None, heads_before=heads, fingerprint=None, forced_reason=reason,
+                           status=BLOCKED, error="; ".join(reasons))
+        conn.commit()
+        message = (f"{ctx.name}: refused: {reasons[0]}" if len(reasons) == 1 else
+                   f"{ctx.name}: refused for {len(reasons)} reasons:\n" + "\n".join(f"  - {r}" for r in reasons))
+        raise GateRefused(message, env=ctx.name, reasons=tuple(reasons))
+    if not dead and not accepted:
+        return _repaired(ctx, None, [], [])
+    run_id = recorder.start_run(command="repair", target=None, heads_before=heads, fingerprint=None,
+                                forced_reason=reason)
+    recorder.interrupt_runs([r["run_id"] for r in dead], heads,
+                            "runner stopped before finishing (process killed or connection lost); "
+                            f"marked by repair run {run_id[:12]}")
+    for a in accepted:
+        recorder.record_step(revision=a["revision"], down_revisions=a["down_revisions"], direction="repair",
+                             sha256=a["new_sha256"], status=SUCCEEDED, reviewer=a["reviewer"],
+                             error=f"accepted sha256 {a['new_sha256']} in place of {a['old_sha256']}, "
+                                   f"approved by {a['reviewer']}")
+    recorder.finish_run(status=SUCCEEDED, heads_after=heads)
+    conn.commit()
+    return _repaired(ctx, run_id, dead, accepted)
+
+
+def _repaired(ctx: EnvContext, run_id: str | None, dead: list[dict[str, Any]],
+              accepted: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return what a repair did as plain data."""
+    return {"env": ctx.name, "status": "repaired" if run_id else NOTHING, "run_id": run_id,
+            "interrupted_runs": [{"run_id": r["run_id"], "command": r["command"], "operator": r["operator"],
+                                  "started_at": _iso(r["started_at"])} for r in dead],
+            "accepted": [{k: v for k, v in a.items() if k != "down_revisions"} for a in accepted]}
 
 
 def release(registry: Registry, revision: str, *, to: str | None = None) -> dict[str, Any]:

@@ -167,9 +167,9 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
         with selected_env(ctx.name), _watching_statements(conn, recorder):
             invoke(conn, recorder)
     except BaseException as exc:
-        if not isinstance(exc, Exception):
-            abandon()  # stop a statement the server would otherwise run on after we are gone
-        raise _record_failure(conn, ctx, plan, recorder, exc) from exc
+        # record first (on a second connection if this one is unusable), then stop a statement the
+        # server would otherwise run on after we are gone: killing the session first lost the record
+        raise _record_failure(conn, ctx, plan, recorder, exc, abandon=abandon) from exc
     heads_after = current_heads(conn, ctx)
     recorder.finish_run(status=SUCCEEDED, heads_after=heads_after)
     conn.commit()
@@ -259,33 +259,80 @@ def _refusal_message(env: str, reasons: list[str]) -> str:
 
 
 def _record_failure(conn: Connection, ctx: EnvContext, plan: Plan, recorder: Recorder,
-                    exc: BaseException) -> BaseException:
-    """Roll back the failed step, record it and the run, and return the error to raise."""
+                    exc: BaseException, *, abandon: Callable[[], None] = lambda: None) -> BaseException:
+    """Roll back the failed step, record it and the run, and return the error to raise.
+
+    An interrupt (Ctrl-C) is recorded on ``conn`` when it still works, else on a second
+    connection, and only then is ``abandon`` called to stop what the server still runs.
+    A script's ``sys.exit()`` is a failure of its revision, never an exit code.
+    """
+    exc = _interrupt_behind(exc) or exc  # e.g. the rollback that the Ctrl-C set off failed on a cut connection
     failed = plan.steps[len(recorder.steps)] if recorder.migrations_started and len(recorder.steps) < len(plan.steps) else None
-    interrupted = not isinstance(exc, Exception)
-    detail = "interrupted" if interrupted else first_line(exc)
+    interrupted = not isinstance(exc, (Exception, SystemExit))
+    said = None  # what the message says when it differs from what is recorded
+    if isinstance(exc, SystemExit):
+        call = "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+        if failed is not None:
+            during = "upgrade()" if failed.direction == "up" else "downgrade()"
+            said = f"called {call} during {during}"
+            detail = f"revision {failed.revision} {said}"
+        else:
+            detail = f"{call} was called"
+    else:
+        detail = "interrupted" if interrupted else first_line(exc)
     committed = committed_statements(recorder.statements, ctx.env.version_table) if failed is not None else []
     recorded = f"{detail}; committed before the failure: {'; '.join(committed)}" if committed else detail
-    try:
-        conn.rollback()
+    seen = len(recorder.steps)
+
+    def write(on: Connection) -> tuple[str, ...]:
+        del recorder.steps[seen:]  # a failed first attempt's step row was rolled back with it
+        recorder.conn = on
+        on.rollback()
         if failed is not None:
             recorder.record_step(revision=failed.revision, down_revisions=failed.down_revisions,
                                  direction=failed.direction, sha256=failed.sha256,
                                  status=INTERRUPTED if interrupted else FAILED, error=recorded)
-        heads_after = current_heads(conn, ctx)
-        recorder.finish_run(status=INTERRUPTED if interrupted else FAILED, heads_after=heads_after, error=recorded)
-        conn.commit()
-    except Exception as record_exc:
-        if interrupted:
+        heads = current_heads(on, ctx)
+        recorder.finish_run(status=INTERRUPTED if interrupted else FAILED, heads_after=heads, error=recorded)
+        on.commit()
+        return heads
+
+    try:
+        try:
+            heads_after = write(conn)
+        except Exception as record_exc:
+            if not interrupted:
+                where = f" during revision {failed.revision}" if failed else ""
+                return DatabaseError(
+                    f"environment '{ctx.name}': lost the database connection{where}: {first_line(record_exc)}; "
+                    "the run will show as interrupted once the next run takes the lock", env=ctx.name)
+            try:
+                with conn.engine.connect() as other:  # the interrupt left this session unusable
+                    write(other)
+            except Exception:
+                pass  # the run stays 'running'; `verify` reports it and `repair` (or the next run) marks it
+            finally:
+                recorder.conn = conn
             return exc
-        where = f" during revision {failed.revision}" if failed else ""
-        return DatabaseError(
-            f"environment '{ctx.name}': lost the database connection{where}: {first_line(record_exc)}; "
-            "the run will show as interrupted once the next run takes the lock", env=ctx.name)
+    finally:
+        if interrupted:
+            abandon()  # stop a statement the server would otherwise run on after we are gone
     if interrupted or isinstance(exc, OrchestratorError):
         return exc
-    return MigrationFailed(_failure_message(ctx, failed, detail, heads_after, committed), env=ctx.name,
+    return MigrationFailed(_failure_message(ctx, failed, said or detail, heads_after, committed), env=ctx.name,
                            revision=failed.revision if failed else None)
+
+
+def _interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """Return the Ctrl-C that an error was raised while handling, if any."""
+    seen: set[int] = set()
+    cause = exc.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__context__
+    return None
 
 
 def _failure_message(ctx: EnvContext, failed: Any, detail: str, heads_after: tuple[str, ...],

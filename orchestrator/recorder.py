@@ -223,6 +223,18 @@ class Recorder:
         )
         return result.rowcount or 0
 
+    def interrupt_runs(self, run_ids: Iterable[str], heads: Iterable[str], error: str) -> int:
+        """Mark the given runs, left 'running' by dead runners, interrupted at ``heads`` (``repair``, under the lock)."""
+        ids = list(run_ids)
+        if not ids:
+            return 0
+        result = self.conn.execute(
+            self.runs.update()
+            .where(self.runs.c.run_id.in_(ids), self.runs.c.status == RUNNING)
+            .values(status=INTERRUPTED, finished_at=utcnow(), heads_after=join_ids(heads), error=redact(error))
+        )
+        return result.rowcount or 0
+
     def start_run(self, *, command: str, target: str | None, heads_before: Iterable[str], fingerprint: str | None,
                   forced_reason: str | None = None, status: str = RUNNING, error: str | None = None) -> str:
         """Insert a run row and return its id (a run refused outright is finished at once, heads unchanged)."""
@@ -376,6 +388,15 @@ def read_identity(conn: Connection, schema: str | None = None, *, known_to_exist
     return dict(row) if row else None
 
 
+def running_runs(conn: Connection, schema: str | None = None) -> list[dict[str, Any]]:
+    """Return every run recorded as running in this database, whatever environment name it carries, oldest first."""
+    runs = history_tables(schema)[0]
+    if not sa.inspect(conn).has_table(RUNS_TABLE, schema=schema):
+        return []
+    query = sa.select(runs).where(runs.c.status == RUNNING).order_by(runs.c.started_at, runs.c.run_id)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def read_runs(conn: Connection, env: str, schema: str | None = None, *, limit: int | None = 20,
               run_id: str | None = None) -> list[dict[str, Any]]:
     """Return every run recorded in the database, newest first, each with its steps under ``steps``.
@@ -445,22 +466,25 @@ def _insert_sql(conn: Connection, steps: sa.Table) -> str | None:
     return _insert_sql_cache[key] if isinstance(conn.connection.dbapi_connection, psycopg.Connection) else None
 
 
-def applied_hashes(conn: Connection, env: str, schema: str | None = None) -> dict[str, dict[str, Any]]:
-    """Return, per revision, the script sha256 of its latest successful upgrade step (with run id, time, env).
+def applied_hashes(conn: Connection, env: str, schema: str | None = None, *,
+                   repairs: bool = False) -> dict[str, dict[str, Any]]:
+    """Return, per revision, the script sha256 of its latest successful upgrade step (with run id, time, env, direction).
 
     Every run in the database counts, whatever environment name it was recorded under.
+    With ``repairs``, a later ``repair`` step (an edited script's new content accepted) supersedes it.
     """
     runs, steps = history_tables(schema)
     if not sa.inspect(conn).has_table(STEPS_TABLE, schema=schema):
         return {}
-    query = (sa.select(steps.c.revision, steps.c.script_sha256, steps.c.run_id, steps.c.started_at, runs.c.env)
+    query = (sa.select(steps.c.revision, steps.c.script_sha256, steps.c.run_id, steps.c.started_at, runs.c.env,
+                       steps.c.direction)
              .join(runs, runs.c.run_id == steps.c.run_id)
-             .where(steps.c.direction == "up", steps.c.status == SUCCEEDED)
+             .where(steps.c.direction.in_(("up", "repair") if repairs else ("up",)), steps.c.status == SUCCEEDED)
              .order_by(steps.c.started_at))
     latest: dict[str, dict[str, Any]] = {}
     for row in conn.execute(query).mappings():
         latest[row["revision"]] = {"sha256": row["script_sha256"], "run_id": row["run_id"], "started_at": row["started_at"],
-                                   "env": row["env"]}
+                                   "env": row["env"], "direction": row["direction"]}
     return latest
 
 

@@ -50,6 +50,7 @@ VERB_RUNS: list[tuple[int, int, str]] = [
     (4, 0, "lint --env a"), (4, 0, "--debug lint --env bad --pending"), (4, 1, "lint --env denied --pending"),
     (4, 0, "--debug lint --env bad"),
     (4, 0, "verify --env a"), (4, 1, "--debug verify"), (4, 1, "verify --env denied"),
+    (4, 0, "repair --env a --reason secrets-test"), (4, 1, "--debug repair --env down --reason secrets-test"),
     (4, 0, "ci-matrix"), (4, 0, "--debug ci-matrix --format github"), (4, 2, "ci-matrix --dialects oracle"),
     (4, 0, "--debug review approve " + BAD + " --reviewer sentinel-auditor"),
     (4, 2, "review approve nosuchrev --reviewer sentinel-auditor"),
