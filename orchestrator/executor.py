@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, selected_env
 from orchestrator.loader import path_for_display
 from orchestrator.db import first_line, run_with_connection
+from orchestrator.envguard import EnvPyRefused, recorded
 from orchestrator.errors import DatabaseError, GateRefused, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
 from orchestrator.lock import DEFAULT_LOCK_TIMEOUT, acquire, lock_for
@@ -100,8 +101,9 @@ def run_alembic(ctx: EnvContext, cfg: Any, command: str, target: Target) -> None
     else:
         getattr(alembic_command, command)(cfg, target)
         return
-    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=target):
-        script.run_env()
+    with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=target) as env:
+        with recorded(env):  # env.py must run the steps where the recorder sees them
+            script.run_env()
 
 
 def lock_scope(ctx: EnvContext) -> str:
@@ -154,6 +156,8 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     try:
         with selected_env(ctx.name), _watching_statements(conn, recorder):
             invoke(conn, recorder)
+    except EnvPyRefused as exc:  # env.py's configure refused before any step ran
+        raise _record_blocked(conn, recorder, heads, exc) from None
     except BaseException as exc:
         if not isinstance(exc, Exception):
             abandon()  # stop a statement the server would otherwise run on after we are gone
@@ -172,6 +176,14 @@ def refuse(recorder: Recorder, command: str, target: str, heads: tuple[str, ...]
                        forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
     recorder.conn.commit()
     raise GateRefused(_refusal_message(recorder.env, reasons), env=recorder.env, reasons=tuple(reasons))
+
+
+def _record_blocked(conn: Connection, recorder: Recorder, heads: tuple[str, ...], exc: GateRefused) -> GateRefused:
+    """Close a started run as blocked (nothing ran), with the refusal's reasons."""
+    conn.rollback()
+    recorder.finish_run(status=BLOCKED, heads_after=heads, error="; ".join(exc.reasons))
+    conn.commit()
+    return exc
 
 
 def record_refusal(ctx: EnvContext, command: str, target: str, reasons: list[str], *,
