@@ -87,6 +87,8 @@ class _Watch:
     def check(self, exc: Exception | None) -> None:
         """Raise UnrecordedSteps when env.py moved the version table where the recorder did not see it."""
         if self.unrecorded is None:
+            if exc is not None and _nested_asyncio_run(exc) and self.environment.config.attributes.get(RUN_ATTRIBUTE):
+                self.refuse_nested_loop(exc)
             return
         ctx = self.orchestrator_context()
         attributes = self.environment.config.attributes
@@ -110,6 +112,20 @@ class _Watch:
         then = f", then failed: {first_line(exc)}" if exc is not None else ""
         raise UnrecordedSteps(f"environment '{ctx.name}': env.py at {where} {done} {self.unrecorded}, "
                               f"unrecorded{then}; {REMEDY}", env=ctx.name) from exc
+
+    def refuse_nested_loop(self, exc: Exception) -> None:
+        """Explain Alembic's async template failing in the orchestrator's event loop (nothing ran)."""
+        ctx = self.orchestrator_context()
+        where = self.env_py(ctx)
+        if ctx.env.protected:
+            reason = (f"env.py at {where} runs its own event loop and connection (asyncio.run()), so the orchestrator "
+                      "cannot gate and record its steps; call orchestrator.envpy.run_migrations() from it "
+                      "(see README; it runs async URLs itself) or use the packaged env.py")
+            raise EnvPyRefused(f"{ctx.name}: refused: {reason}", env=ctx.name, reasons=(reason,)) from exc
+        raise MigrationFailed(
+            f"environment '{ctx.name}': env.py at {where} calls asyncio.run() inside the orchestrator's event loop "
+            "(an async URL), so no revision ran; call orchestrator.envpy.run_migrations() from env.py "
+            "(it runs async URLs itself)", env=ctx.name) from exc
 
     def orchestrator_context(self) -> EnvContext:
         """Return the environment Alembic runs for (its version table, its project root)."""
@@ -139,6 +155,11 @@ def _bypass(arguments: dict[str, Any], ours: Connection, recorder: Any) -> str |
     if not any(getattr(hook, "__self__", None) is recorder for hook in hooks):
         return NO_RECORDER
     return None
+
+
+def _nested_asyncio_run(exc: Exception) -> bool:
+    """Return True for asyncio.run() called where an event loop already runs (Alembic's async template)."""
+    return isinstance(exc, RuntimeError) and "asyncio.run() cannot be called from a running event loop" in str(exc)
 
 
 def _configures(how: str) -> str:
