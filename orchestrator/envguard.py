@@ -3,8 +3,8 @@
 The orchestrator puts its connection and recorder in ``config.attributes``;
 an ``env.py`` that calls :func:`orchestrator.envpy.run_migrations` uses both.
 One that opens its own engine (Alembic's generic template) would apply every
-step where the recorder never sees it. :func:`recorded`
-observes ``context.configure`` (Alembic's public seam): on a protected
+step where the recorder never sees it. :func:`recorded` observes
+``context.configure`` (Alembic's public seam): on a protected
 environment such an ``env.py`` is refused before any step runs; elsewhere the
 steps it applied are reported as an error naming them once it is done.
 """
@@ -81,7 +81,8 @@ class _Watch:
                               "and record its steps; call orchestrator.envpy.run_migrations() from it (see README) "
                               "or use the packaged env.py")
                     raise EnvPyRefused(f"{ctx.name}: refused: {reason}", env=ctx.name, reasons=(reason,))
-                self.unrecorded, self.heads_before = how, current_heads(ours, ctx)
+                if self.unrecorded is None:  # the first configure: nothing has run yet
+                    self.unrecorded, self.heads_before = how, current_heads(ours, ctx)
         EnvironmentContext.configure(environment, *args, **kwargs)
 
     def check(self, exc: Exception | None) -> None:
