@@ -186,6 +186,7 @@ def test_env_py_calling_the_helper_runs_and_records_on_a_protected_env(tmp_path:
 
 
 @async_dialects
+@pytest.mark.filterwarnings("ignore:coroutine 'run_async_migrations' was never awaited:RuntimeWarning")
 def test_async_template_is_refused_on_a_protected_env_and_fails_elsewhere(tmp_path: Path, db_factory: Callable[[], str],
                                                                          orchestrator_dialect: str) -> None:
     project = own_env_py_project(tmp_path, db_factory, "async", ASYNC_DRIVERS[orchestrator_dialect])
