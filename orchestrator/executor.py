@@ -32,6 +32,7 @@ from orchestrator import alembic_compat
 from orchestrator.context import RUN_ATTRIBUTE, EnvContext, selected_env
 from orchestrator.loader import path_for_display
 from orchestrator.db import first_line, run_with_connection
+from orchestrator.envguard import EnvPyRefused, recorded
 from orchestrator.errors import ConfigError, DatabaseError, GateRefused, GraphError, MigrationFailed, OrchestratorError
 from orchestrator.gate import Gate, default_gate
 from orchestrator.identity import check_owner
@@ -108,8 +109,9 @@ def run_alembic(ctx: EnvContext, cfg: Any, command: str, target: Target) -> None
     destination = (target,) if command == "stamp" and isinstance(target, str) else target
     try:
         alembic_compat.run_planned(script, command, cfg.attributes.get(RUN_ATTRIBUTE))
-        with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=destination):
-            script.run_env()
+        with EnvironmentContext(cfg, script, fn=fn, as_sql=False, starting_rev=None, destination_rev=destination) as env:
+            with recorded(env):  # env.py must run the steps where the recorder sees them
+                script.run_env()
     except GraphError as exc:  # a script that cannot be imported fails the run, exit 1
         raise MigrationFailed(f"environment '{ctx.name}': {exc}; no step was applied from it; fix the script and rerun",
                               env=ctx.name) from None
@@ -166,6 +168,8 @@ def _apply(conn: Connection, ctx: EnvContext, command: str, target: Target,
     try:
         with selected_env(ctx.name), _watching_statements(conn, recorder):
             invoke(conn, recorder)
+    except EnvPyRefused as exc:  # env.py's configure refused before any step ran
+        raise _record_blocked(conn, recorder, heads, exc) from None
     except BaseException as exc:
         # record first (on a second connection if this one is unusable), then stop a statement the
         # server would otherwise run on after we are gone: killing the session first lost the record
@@ -184,6 +188,14 @@ def refuse(recorder: Recorder, command: str, target: str, heads: tuple[str, ...]
                        forced_reason=forced_reason, status=BLOCKED, error="; ".join(reasons))
     recorder.conn.commit()
     raise GateRefused(_refusal_message(recorder.env, reasons), env=recorder.env, reasons=tuple(reasons))
+
+
+def _record_blocked(conn: Connection, recorder: Recorder, heads: tuple[str, ...], exc: GateRefused) -> GateRefused:
+    """Close a started run as blocked (nothing ran), with the refusal's reasons."""
+    conn.rollback()
+    recorder.finish_run(status=BLOCKED, heads_after=heads, error="; ".join(exc.reasons))
+    conn.commit()
+    return exc
 
 
 def record_refusal(ctx: EnvContext, command: str, target: str, reasons: list[str], *,
