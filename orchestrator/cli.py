@@ -556,7 +556,7 @@ def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bo
 @cli.command("verify")
 @verb
 def verify_cmd(state: State) -> None:
-    """Check integrity: graphs, applied scripts edited since, unknown revisions in databases, stray heads."""
+    """Check integrity: graphs, edited applied scripts, unknown or unrecorded revisions, runs under other names, stray heads."""
     registry = state.registry()
     data = commands.verify(registry, [state.env] if state.env else None)
     if state.json:
