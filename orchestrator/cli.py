@@ -592,7 +592,7 @@ def lint_cmd(state: State, revisions: tuple[str, ...], pending: bool, strict: bo
 @cli.command("verify")
 @verb
 def verify_cmd(state: State) -> None:
-    """Check integrity: graphs, applied scripts edited since, unknown revisions in databases, stray heads."""
+    """Check integrity: graphs, edited applied scripts, unknown or unrecorded revisions, runs under other names, stray heads."""
     with verdict_first(state, "verify"):
         data = commands.verify(state.registry(), [state.env] if state.env else None)
     if state.json:

@@ -560,7 +560,8 @@ def lint(ctx: EnvContext, revisions: tuple[str, ...] = (), *, pending: bool = Fa
 
 
 def verify(registry: Registry, names: list[str] | None = None) -> dict[str, Any]:
-    """Return integrity findings: unusable graphs, unknown or edited applied revisions, unexpected heads."""
+    """Return integrity findings: unusable graphs, unknown, edited or unrecorded applied revisions, a database owned
+    by another environment or runs recorded in it under other names, unexpected heads."""
     findings: list[str] = []
     unreachable: list[str] = []
     try:

@@ -158,7 +158,7 @@ def test_upgrade_mode_on_a_protected_environment_goes_through_the_gate(tmp_path:
     assert str(caught.value) == (f"prod: refused: 'staging' (promote_from) has not applied {', '.join(PROD_REVISIONS)}; "
                                  "promote them there first (`orchestrator promote --to staging`)")
     assert query(project.urls["prod"], "SELECT status, command FROM orchestrator_runs") == [("blocked", "upgrade")]
-    assert table_names(project.urls["prod"]) == {"orchestrator_runs", "orchestrator_steps"}  # no DDL ran
+    assert table_names(project.urls["prod"]) == {"orchestrator_runs", "orchestrator_steps", "orchestrator_identity"}  # no DDL ran
 
 
 def test_unknown_mode_is_a_config_error(single: Project) -> None:

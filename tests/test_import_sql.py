@@ -206,7 +206,7 @@ def test_down_files_downgrade(tmp_path: Path, db_factory: Callable[[], str]) -> 
     assert {"users", "orders"} <= table_names(project.urls["main"])
     down = project.cli("downgrade", "base")
     assert down.exit_code == 0, down.output
-    assert table_names(project.urls["main"]) == {"alembic_version", "orchestrator_runs", "orchestrator_steps"}
+    assert table_names(project.urls["main"]) == {"alembic_version", "orchestrator_runs", "orchestrator_steps", "orchestrator_identity"}
 
 
 def test_legacy_database_stamped_at_three_upgrades_to_five(tmp_path: Path, db_factory: Callable[[], str]) -> None:

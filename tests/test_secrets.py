@@ -283,7 +283,8 @@ def test_no_verb_reveals_the_password(tmp_path: Path, orchestrator_dialect: str,
 def test_unreachable_server_errors_hide_a_plain_password(tmp_path: Path) -> None:
     down = with_password("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", PLAIN)
     project = make_project(tmp_path / "project", {
-        "local": f"sqlite:///{tmp_path / 'local.db'}", "down": down, "down_next": down,
+        "local": f"sqlite:///{tmp_path / 'local.db'}", "down": down,
+        "down_next": down.replace("/nowhere", "/nowhere_next"),  # one registry's environments never share a database
     }, promote_from={"down_next": "down"})
     ini = tmp_path / "down.ini"
     outcomes = run_wave(project, [
