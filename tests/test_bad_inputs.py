@@ -318,9 +318,13 @@ CASES = [
          setup=both(script("versions_prod", NEW, PROD_HEAD, message="unreviewed"),
                     lambda p: p.cli("-q", "upgrade", "--env", "main"))),
     Case("stale-revision", ("upgrade", "--env", "prod"),
-         "prod: refused: revision d0c6e2a4f853 (versions_prod/d0c6e2a4f853_create_career_reports.py) changed "
+         "prod: refused for 2 reasons:\n"
+         "  - revision d0c6e2a4f853 (versions_prod/d0c6e2a4f853_create_career_reports.py) changed "
          "since approval by bob (sha256 360ac4ef8caf approved, d69d537fa2a4 on disk); review it again: "
-         "`orchestrator review approve d0c6e2a4f853 --reviewer NAME`",
+         "`orchestrator review approve d0c6e2a4f853 --reviewer NAME`\n"
+         "  - revision d0c6e2a4f853 (versions_prod/d0c6e2a4f853_create_career_reports.py) is not the content 'main' "
+         "(promote_from) applied: sha256 360ac4ef8caf applied there (run {main_run}), d69d537fa2a4 on disk now; "
+         "re-run it on 'main' first (downgrade it there, then `orchestrator upgrade --env main`)",
          code=EXIT_REFUSED, blocked=True, database=True,
          setup=edit_script(PROD_HEAD, "def upgrade() -> None:\n",
                            "def upgrade() -> None:\n    # edited after review\n")),
@@ -370,6 +374,8 @@ def test_bad_input(case: Case, project: Project, record_property: Callable[[str,
     assert not list(Path.cwd().glob("pwned")) and not list(project.root.rglob("pwned"))  # no YAML tag ran
 
     expected = case.message.replace("{root}", str(project.root))
+    if "{main_run}" in expected:  # the run that applied main's scripts, named by the promotion check
+        expected = expected.replace("{main_run}", project.json("runs", "--env", "main")["runs"][0]["run_id"][:12])
     assert "Traceback" not in result.output
     assert (result.exit_code, result.stdout, result.stderr) == (case.code, "", f"error: {expected}\n")
     after = {env: database_snapshot(url) for env, url in project.urls.items()}
