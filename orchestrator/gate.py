@@ -87,8 +87,8 @@ def lint_findings(ctx: "EnvContext", revision: str) -> list["Finding"]:
         from orchestrator.lint import RULES, Finding
 
         return [Finding("not-analysable", RULES["not-analysable"].severity, revision,
-                        f"not linted here: its content is not approved and a protected environment runs none of its "
-                        f"code; lint it on an unprotected environment, or approve it first", None)]
+                        "not linted here: its content is not approved and a protected environment runs none of its "
+                        "code; lint it on an unprotected environment, or approve it first", None)]
     key = (revision, found.sha256 if found else "", dialect_name(ctx.url), tuple(sorted(ctx.env.lint.items())))
     if key not in _lint_cache:
         _lint_cache[key] = lint_revision(script, dialect_name(ctx.url), ctx.env.lint)
