@@ -27,7 +27,7 @@ from sqlalchemy.engine import URL
 
 from orchestrator.errors import GateRefused, GraphError, OrchestratorError
 from orchestrator.graph import EnvironmentGraph, build_environment_graph, index_unique
-from orchestrator.loader import RevisionFile, Stamp, folders_stamp, read_folders_stamped
+from orchestrator.loader import RevisionFile, Stamp, folders_stamp, read_folders_stamped, stat_key
 from orchestrator.redact import RedactingStream
 from orchestrator.registry import ENV_SELECT_VAR, Environment, Registry
 
@@ -117,8 +117,8 @@ class EnvContext:
         from orchestrator.reviews import REVIEWED, load_ledger
 
         try:
-            approved = load_ledger(self.registry.reviews_path).state(file.revision, file.sha256) == REVIEWED
-        except OrchestratorError:
+            approved = self._ledger(load_ledger).state(file.revision, file.sha256) == REVIEWED
+        except (OrchestratorError, OSError):
             approved = False
         if not approved:
             where = file.display_path(self.registry.root)
@@ -127,6 +127,16 @@ class EnvContext:
                 f"{file.sha256[:12]}, so none of its code runs on this protected environment; review it: "
                 f"`orchestrator review approve {file.revision} --reviewer NAME`", env=self.name,
                 reasons=(f"revision {file.revision} ({where}) is not approved",))
+
+    def _ledger(self, load: Any) -> Any:
+        """Return the review ledger, read again only when its file changed (one read for a run's many steps)."""
+        path = self.registry.reviews_path
+        key = (str(path), *stat_key(path)) if path is not None and Path(path).exists() else (str(path),)
+        cached = self.__dict__.get("_ledger_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, load(path))
+            self.__dict__["_ledger_cache"] = cached
+        return cached[1]
 
     def _may_run_unparsed(self) -> Any:
         """Return the check made before a script with non-literal identifiers is run to read them."""

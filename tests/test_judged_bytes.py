@@ -92,6 +92,23 @@ def test_stock_alembic_on_a_protected_environment_with_an_unreviewed_revision_is
                                                                ("upgrade", "blocked")]
 
 
+def test_a_stamp_through_alembics_python_api_on_prod_is_refused_as_it_applies(pair: Project) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
+    pair.write_revision("versions_prod", NEW, PROD_HEAD, 'op.create_table("stamped", sa.Column("id", sa.Integer))',
+                        message="stamped")
+    approve(pair, NEW)
+    ok(pair, "upgrade", "--env", "staging")
+    assert pair.cli("ini", "--env", "prod", "-o", str(pair.root / "prod.ini")).exit_code == 0
+    # no command line: a stamp looks like an upgrade until its first step, which is refused and rolled back
+    with pytest.raises(CommandError, match="Alembic applied a stamp step in a run judged as upgrade"):
+        command.stamp(Config(str(pair.root / "prod.ini")), NEW)
+    assert versions(pair, "prod") == [PROD_HEAD] and "stamped" not in table_names(pair.urls["prod"])
+    assert pair.json("runs", "--env", "prod")["runs"][0]["status"] == "failed"
+
+
 def test_stock_alembic_upgrade_heads_with_two_labelled_heads(tmp_path: Path, db_factory: Callable[[], str]) -> None:
     project = make_project(tmp_path / "project", {"main": db_factory()}, copy_demo=False)
     project.write_revision("versions_prod", "a00000000001", None, 'op.create_table("base_t", sa.Column("id", sa.Integer))',
