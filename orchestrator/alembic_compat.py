@@ -14,6 +14,7 @@ and only when present; otherwise the same work is done with public API
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -34,6 +35,12 @@ def alembic_version() -> tuple[int, int]:
     """Return the installed Alembic's (major, minor)."""
     parts = alembic.__version__.split(".")
     return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+
+
+def tested_range() -> str:
+    """Return the tested Alembic versions as a pip requirement (``>=1.16,<1.21``)."""
+    (a, b), (c, d) = ALEMBIC_TESTED
+    return f">={a}.{b},<{c}.{d}"
 
 
 def internals_usable(obj: Any, *names: str) -> bool:
@@ -159,3 +166,32 @@ def run_planned(script: ScriptDirectory, command: str, recorder: Any) -> None:
     if command in ("upgrade", "downgrade") and recorder is not None:
         for revision in getattr(recorder, "expected", None) or ():
             executed_module(script.get_revision(revision).module)
+
+
+# ---------------------------------------------------------------------------- Alembic's module proxies
+
+
+@contextmanager
+def proxies_restored() -> Iterator[None]:
+    """Put ``alembic.context`` and ``alembic.op`` back as they were once a nested EnvironmentContext is done.
+
+    Lint may render a step inside a migration already under way (the gate, called
+    from an env.py that stock ``alembic`` runs): that run's proxies must survive.
+    Uses the proxies' private ``_proxy``/``_install_proxy``/``_remove_proxy``
+    where present; without them there is nothing to restore.
+    """
+    import alembic.context
+    import alembic.op
+
+    saved = [(module, getattr(module, "_proxy", None)) for module in (alembic.context, alembic.op)]
+    try:
+        yield
+    finally:
+        for module, before in saved:
+            now = getattr(module, "_proxy", None)
+            if now is before:
+                continue
+            if before is not None and hasattr(before, "_install_proxy"):
+                before._install_proxy()
+            elif now is not None and hasattr(now, "_remove_proxy"):
+                now._remove_proxy()

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import sqlalchemy as sa
 from alembic import command as alembic_command
+from alembic.runtime.environment import EnvironmentContext
 
+from orchestrator import alembic_compat
 from orchestrator.context import EnvContext, alembic_options, contexts, selected_env
 from orchestrator.db import dialect_name, first_line, make_engine, run_with_connection
 from orchestrator.errors import (ConfigError, DatabaseError, GateRefused, GraphError, MigrationFailed, OrchestratorError,
@@ -205,16 +207,37 @@ def _current_start(ctx: EnvContext) -> tuple[tuple[str, ...], str]:
 
 def _render_offline(ctx: EnvContext, command: str, target: str, start: str | tuple[str, ...] = (),
                     plan: Plan | None = None) -> str:
-    """Return Alembic's offline SQL for ``command`` to ``target`` from ``start`` (a ``FROM``, or heads)."""
+    """Return Alembic's offline SQL for ``command`` to ``target`` from ``start`` (a ``FROM``, or heads).
+
+    Rendered on the environment's judged ScriptDirectory (the scripts run from
+    the bytes that were hashed, never re-read from disk), the way
+    ``alembic.command.<verb>(sql=True)`` renders on one it builds itself.
+    """
+    if ":" in target:  # downgrade/stamp FROM:TO, as Alembic's command line takes it
+        start, target = target.split(":", 1)
+    starting: str | tuple[str, ...] | None = start if isinstance(start, str) else (
+        start[0] if len(start) == 1 else start)
+    starting = starting or None
+    if command == "downgrade" and starting is None:
+        raise ConfigError(f"environment '{ctx.name}': downgrade --sql needs a range FROM:TO (e.g. heads:{target}); "
+                          "offline there is no database to read the start from")
     buffer = io.StringIO()
     cfg = ctx.config(output_buffer=buffer)
+    script = ctx.script
+    fn = alembic_compat.step_function(script, command, target)
     try:
         with selected_env(ctx.name):
-            if isinstance(start, tuple) and len(start) > 1:
-                _upgrade_offline_from_heads(ctx, cfg, start, target)
+            if fn is None:
+                if ctx.env.protected or isinstance(starting, tuple):
+                    raise ConfigError(
+                        f"environment '{ctx.name}': this Alembic has no tested way to render {command} --sql from the "
+                        f"judged scripts; install alembic within {alembic_compat.tested_range()}")
+                getattr(alembic_command, command)(cfg, f"{starting}:{target}" if starting else target, sql=True)
             else:
-                first = start if isinstance(start, str) else next(iter(start), "")
-                getattr(alembic_command, command)(cfg, f"{first}:{target}" if first else target, sql=True)
+                destination = (target,) if command == "stamp" else target
+                with EnvironmentContext(cfg, script, fn=fn, as_sql=True, starting_rev=starting,
+                                        destination_rev=destination):
+                    script.run_env()
     except OrchestratorError:
         raise
     except Exception as exc:
@@ -230,24 +253,6 @@ def _render_offline(ctx: EnvContext, command: str, target: str, start: str | tup
             "scripts that read the database or use batch mode on SQLite cannot run offline"
         ) from None
     return buffer.getvalue()
-
-
-def _upgrade_offline_from_heads(ctx: EnvContext, cfg: Any, heads: tuple[str, ...], target: str) -> None:
-    """Render an upgrade offline from several heads at once.
-
-    ``alembic.command.upgrade`` takes one ``FROM`` in its ``FROM:TO`` text;
-    Alembic's EnvironmentContext takes a tuple of starting revisions, which is
-    what a database with several heads needs.
-    """
-    from alembic.runtime.environment import EnvironmentContext
-
-    script = ctx.script
-
-    def upgrade(rev: Any, context: Any) -> Any:
-        return script._upgrade_revs(target, rev)
-
-    with EnvironmentContext(cfg, script, fn=upgrade, as_sql=True, starting_rev=heads, destination_rev=target):
-        script.run_env()
 
 
 def _failed_offline_step(ctx: EnvContext, exc: BaseException, output: str, plan: Plan | None) -> Step | None:

@@ -102,7 +102,7 @@ def run_alembic(ctx: EnvContext, cfg: Any, command: str, target: Target) -> None
             raise ConfigError(
                 f"environment '{ctx.name}': Alembic {alembic_version} has no tested way to {command} the judged "
                 f"scripts, and a protected environment runs nothing else; install alembic"
-                f"{'>=%d.%d,<%d.%d' % (*alembic_compat.ALEMBIC_TESTED[0], *alembic_compat.ALEMBIC_TESTED[1])}",
+                f"{alembic_compat.tested_range()}",
                 env=ctx.name)
         getattr(alembic_command, command)(cfg, target)
         return

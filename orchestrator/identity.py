@@ -21,12 +21,22 @@ _SHARED = ("all_files", "graph", "script", "directory", "url")
 def owner_text(row: dict[str, Any]) -> str:
     """Return how a database's owner is named in messages: environment, protection and project."""
     protection = "protected" if row["protected"] else "not protected"
-    return f"environment '{row['env']}' ({protection}) of project '{row['project']}'"
+    project = f" of project '{row['project']}'" if row["project"] else ""
+    return f"environment '{row['env']}' ({protection}){project}"
+
+
+def same_project(row: dict[str, Any], ctx: EnvContext) -> bool:
+    """Return True unless both the database and the registry name a project (``project.id``) and they differ.
+
+    Without ``project.id`` a project has no name that survives a checkout under
+    another folder, so only the environment name tells databases apart.
+    """
+    return not (row["project"] and ctx.registry.project_id) or row["project"] == ctx.registry.project_id
 
 
 def is_foreign(row: dict[str, Any] | None, ctx: EnvContext) -> bool:
     """Return True when the database belongs to another environment or project than ``ctx``."""
-    return row is not None and (row["env"], row["project"]) != (ctx.name, ctx.registry.project_id)
+    return row is not None and (row["env"] != ctx.name or not same_project(row, ctx))
 
 
 def owner_protected(row: dict[str, Any], ctx: EnvContext) -> bool:
@@ -34,7 +44,7 @@ def owner_protected(row: dict[str, Any], ctx: EnvContext) -> bool:
     if row["protected"]:
         return True
     owner = ctx.registry.environments.get(row["env"])
-    return owner is not None and row["project"] == ctx.registry.project_id and owner.protected
+    return owner is not None and same_project(row, ctx) and owner.protected
 
 
 def foreign_reason(row: dict[str, Any], ctx: EnvContext) -> str:

@@ -56,6 +56,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
+from orchestrator import alembic_compat
 from orchestrator.errors import ConfigError
 from orchestrator.redact import redact
 
@@ -128,7 +129,7 @@ def render_step_sql(script: Script, dialect_name: str, direction: str = UP, *, c
         raise ValueError(f"direction must be '{UP}' or '{DOWN}', not {direction!r}")
     buffer = io.StringIO()
     opts = {"as_sql": True, "output_buffer": buffer, "literal_binds": True, "transactional_ddl": False}
-    with _proxies_restored():
+    with alembic_compat.proxies_restored():
         try:
             if config is None:
                 _run_step(script, direction, MigrationContext.configure(dialect_name=dialect_name, opts=opts))
@@ -305,30 +306,6 @@ def _sqlglot_dialect(dialect_name: str, env: str | None = None) -> str:
 def _quote(sql: str) -> str:
     """Return a statement for a message: on one line, shortened, secrets masked, in double quotes."""
     return '"' + _clip(redact(" ".join(sql.split())), QUOTE_CHARS) + '"'
-
-
-@contextmanager
-def _proxies_restored() -> Iterator[None]:
-    """Put ``alembic.context`` and ``alembic.op`` back as they were once a step is rendered.
-
-    Lint may run inside a migration already under way (the gate, called from
-    an env.py that stock ``alembic`` runs): that run's proxies must survive.
-    """
-    import alembic.context
-    import alembic.op
-
-    saved = [(module, getattr(module, "_proxy", None)) for module in (alembic.context, alembic.op)]
-    try:
-        yield
-    finally:
-        for module, before in saved:
-            now = getattr(module, "_proxy", None)
-            if now is before:
-                continue
-            if before is not None:
-                before._install_proxy()
-            elif now is not None:
-                now._remove_proxy()
 
 
 # --- rules -------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class ProjectSection(_Options):
     """The ``project:`` section."""
 
     root: str = "."
-    id: str | None = Field(None, min_length=1, max_length=255)  # the project identifier; default: the root folder's name
+    id: str | None = Field(None, min_length=1, max_length=255)  # the project identifier; unset: databases are told apart by environment name only
     target_metadata: str | None = None
     reviews: str | None = None
     exclude_tables: tuple[str, ...] = ()
@@ -164,7 +164,7 @@ class Registry:
     reviews_path: Path | None = None
     target_metadata: str | None = None
     exclude_tables: tuple[str, ...] = ()
-    project_id: str = ""  # recorded in each database the project's environments own
+    project_id: str = ""  # recorded in each database the project's environments own ("": no project.id set)
 
     def env(self, name: str) -> Environment:
         """Return the environment called ``name``."""
@@ -344,7 +344,7 @@ def _resolve(model: RegistryFile, path: Path, lines: dict[tuple[Any, ...], int],
         reviews_path=_abs(root, project.reviews) if project.reviews else None,
         target_metadata=project.target_metadata,
         exclude_tables=project.exclude_tables,
-        project_id=project.id or root.name or str(root),
+        project_id=project.id or "",
     )
 
 

@@ -75,7 +75,7 @@ def not_reviewed(project: Project, revision: str) -> str:
             f"run `orchestrator review approve {revision} --reviewer NAME`")
 
 
-FOREIGN = ("this database belongs to environment 'prod' (protected) of project 'project'; check $STAGING_DATABASE_URL "
+FOREIGN = ("this database belongs to environment 'prod' (protected); check $STAGING_DATABASE_URL "
            "(the url of 'staging'), or pass --force --reason TEXT to run under 'staging' anyway")
 
 
@@ -95,7 +95,7 @@ def without_runs(snapshot: dict[str, Any]) -> dict[str, Any]:
 def prod_at_head(project: Project) -> None:
     ok(project, "upgrade", "--env", "staging")
     ok(project, "upgrade", "--env", "prod")
-    assert identity(project.urls["prod"]) == [(1, "prod", True, "project", "")]
+    assert identity(project.urls["prod"]) == [(1, "prod", True, "", "")]
 
 
 # ---------------------------------------------------------------------------------------------- the bypass
@@ -126,7 +126,7 @@ def test_prods_database_under_stagings_name_is_refused_then_forced_and_shown(sha
     assert forced.exit_code == 0, forced.output
     assert query(shared.urls["prod"], "SELECT version_num FROM alembic_version") == [(NEW,)]
     assert runs_rows(shared.urls["prod"])[-1] == ("staging", "upgrade", "succeeded", REASON)
-    assert identity(shared.urls["prod"]) == [(1, "prod", True, "project", "")]  # the owner stays prod
+    assert identity(shared.urls["prod"]) == [(1, "prod", True, "", "")]  # the owner stays prod
 
     # back to the right variables: prod's history shows the forced run under 'staging'
     history = shared.json("runs", "--env", "prod")["runs"]
@@ -202,8 +202,11 @@ def test_an_unprotected_name_on_a_protected_owner_is_gated_even_when_the_names_m
 
 def test_another_project_under_the_same_name_is_refused(tmp_path: Path, db_factory: Callable[[], str]) -> None:
     url = db_factory()
-    first = make_project(tmp_path / "one", {"main": url})
+    first = make_project(tmp_path / "one", {"main": url}, project={"id": "one"})
     ok(first, "upgrade", "--env", "main", PROD_REVISIONS[0])
+    # a checkout without project.id (in a folder of any name) is told apart by the environment name alone
+    anywhere = make_project(tmp_path / "elsewhere", {"main": url})
+    ok(anywhere, "upgrade", "--env", "main", PROD_REVISIONS[1])
     other = make_project(tmp_path / "two", {"main": url}, project={"id": "billing"})
     result = other.cli("upgrade", "--env", "main")
     assert result.exit_code == 3
@@ -211,7 +214,7 @@ def test_another_project_under_the_same_name_is_refused(tmp_path: Path, db_facto
         f"error: main: refused: this database belongs to environment 'main' (not protected) of project 'one'; set "
         f"project.id: one in {other.registry_path} if this is the same project (it is 'billing' now), check the url "
         f"of 'main', or pass --force --reason TEXT to run under 'main' anyway\n")
-    assert query(url, "SELECT version_num FROM alembic_version") == [(PROD_REVISIONS[0],)]
+    assert query(url, "SELECT version_num FROM alembic_version") == [(PROD_REVISIONS[1],)]
     same = make_project(tmp_path / "three", {"main": url}, project={"id": "one"})
     ok(same, "upgrade", "--env", "main")
     assert identity(url) == [(1, "main", False, "one", "")]
@@ -225,11 +228,11 @@ def test_first_write_records_the_owner_also_when_blocked_and_for_stamp(shared: P
     refused = shared.cli("upgrade", "--env", "prod")
     assert refused.exit_code == 3
     rows = query(shared.urls["prod"], "SELECT env, protected, project, heads, recorded_by FROM orchestrator_identity")
-    assert [r[:4] for r in rows] == [("prod", True, "project", "")]
+    assert [r[:4] for r in rows] == [("prod", True, "", "")]
     assert rows[0][4]  # operator_name()
 
     ok(shared, "stamp", "--env", "staging", PROD_REVISIONS[1])
-    assert identity(shared.urls["staging"]) == [(1, "staging", False, "project", "")]
+    assert identity(shared.urls["staging"]) == [(1, "staging", False, "", "")]
 
 
 def test_adopt_records_the_owner(tmp_path: Path, db_factory: Callable[[], str]) -> None:
@@ -248,7 +251,7 @@ def test_adopt_records_the_owner(tmp_path: Path, db_factory: Callable[[], str]) 
         assert result.exit_code == 0, result.output
     finally:
         forget_models()
-    assert identity(project.urls["prod"]) == [(1, "prod", True, "project", "")]
+    assert identity(project.urls["prod"]) == [(1, "prod", True, "", "")]
     assert project.cli("verify", "--env", "prod").exit_code == 0  # the adopt's stamp accounts for every revision
 
 
@@ -260,7 +263,7 @@ def test_a_database_from_before_identity_gets_its_row_on_the_next_run(shared: Pr
     engine.dispose()
     result = shared.cli("upgrade", "--env", "prod")  # nothing to do, still claims the database
     assert (result.exit_code, result.stdout) == (0, "prod: nothing to do; at d0c6e2a4f853\n")
-    assert identity(shared.urls["prod"]) == [(1, "prod", True, "project", PROD_HEAD)]
+    assert identity(shared.urls["prod"]) == [(1, "prod", True, "", PROD_HEAD)]
     assert shared.cli("verify", "--env", "prod").exit_code == 0
 
 
@@ -325,7 +328,7 @@ def test_one_server_database_with_two_version_table_schemas_is_two_databases(tmp
     url = "postgresql://u@db.example.com/app"
     path = write_registry(tmp_path, {"a": {"url": url, "version_table_schema": "tenant_a"},
                                      "b": {"url": url, "version_table_schema": "tenant_b"}})
-    assert load_registry(path).project_id == tmp_path.name
+    assert load_registry(path).project_id == ""  # no project.id: environment names alone tell databases apart
 
 
 def test_project_id_is_a_registry_key_and_unknown_keys_stay_errors(tmp_path: Path) -> None:

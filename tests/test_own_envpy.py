@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from conftest import PROD_HEAD, PROD_REVISIONS, Project, make_project, query, table_names
+from orchestrator.recorder import HISTORY_TABLES
 
 TEMPLATES = Path(alembic.__file__).resolve().parent / "templates"
-HISTORY = {"orchestrator_runs", "orchestrator_steps"}
+HISTORY = set(HISTORY_TABLES)
 ENV_PY = "migrations/env.py"
 REFUSAL = (f"env.py at {ENV_PY} configures its own connection, so the orchestrator cannot gate and record its steps; "
            "call orchestrator.envpy.run_migrations() from it (see README) or use the packaged env.py")

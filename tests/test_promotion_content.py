@@ -26,6 +26,7 @@ from conftest import (
 
 from orchestrator import commands
 from orchestrator.errors import MigrationFailed
+from orchestrator.recorder import HISTORY_TABLES
 
 NEW = "a1b2c3d4e5f6"  # a revision written by a test on top of the demo's prod head
 
@@ -131,7 +132,7 @@ def test_a_stamp_on_staging_is_not_an_applied_migration(tmp_path: Path, db_facto
     assert (result.exit_code, result.stderr) == (3, refused("prod", reason))
     blocked, = runs(project, "prod")
     assert (blocked["command"], blocked["status"], blocked["error"]) == ("upgrade", "blocked", reason)
-    assert set(database_snapshot(project.urls["prod"])["schema"]) == {"orchestrator_runs", "orchestrator_steps"}
+    assert set(database_snapshot(project.urls["prod"])["schema"]) == set(HISTORY_TABLES)
 
 
 def test_a_downgrade_then_stamp_on_staging_undoes_the_upgrade(pair: Project) -> None:
@@ -167,6 +168,17 @@ def test_offline_sql_on_prod_is_gated(pair: Project) -> None:
         "command": "upgrade --sql", "target": "heads", "status": "blocked", "heads_before": [PROD_HEAD],
         "error": not_reviewed(pair, path), "forced_reason": None}
 
+    # --force never runs code a protected environment has not approved: rendering would run the script
+    unapproved = pair.cli("upgrade", "--env", "prod", "--sql", "--force", "--reason", "DBA applies it by hand, CHG-7")
+    assert (unapproved.exit_code, unapproved.stdout) == (3, "")
+    assert unapproved.stderr == start + (
+        f"error: environment 'prod': revision {NEW} ({shown(path, pair)}) is not approved at sha256 "
+        f"{sha(path)[:12]}, so none of its code runs on this protected environment; review it: "
+        f"`orchestrator review approve {NEW} --reviewer NAME`\n")
+
+    # approved content the gate still refuses (staging no longer has it): --force --reason prints it, recorded
+    ok(pair, "review", "approve", NEW, "--reviewer", "alice")
+    ok(pair, "downgrade", "--env", "staging", PROD_HEAD)
     forced = pair.cli("upgrade", "--env", "prod", "--sql", "--force", "--reason", "DBA applies it by hand, CHG-7")
     assert (forced.exit_code, forced.stderr) == (0, start)
     # only the pending step, from the current heads: no table of the applied revisions is created again
@@ -187,8 +199,8 @@ def test_offline_sql_on_prod_is_gated(pair: Project) -> None:
     bare = pair.cli("upgrade", "--env", "prod", "--sql", "--force")
     assert (bare.exit_code, bare.stdout) == (3, "")
 
-    # approved, the same SQL prints without a record (nothing was overridden)
-    ok(pair, "review", "approve", NEW, "--reviewer", "alice")
+    # approved and applied on staging, the same SQL prints without a record (nothing was overridden)
+    ok(pair, "upgrade", "--env", "staging")
     count = len(runs(pair, "prod"))
     approved = pair.cli("upgrade", "--env", "prod", "--sql")
     assert (approved.exit_code, approved.stderr) == (0, start)

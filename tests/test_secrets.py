@@ -23,7 +23,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from conftest import PROD_HEAD, PROD_REVISIONS, Project, make_project, query
+from conftest import PROD_HEAD, PROD_REVISIONS, Project, make_project, query, table_names
+from orchestrator.recorder import HISTORY_TABLES
 
 SPECIAL = "S3ntinel-p@ss:w/rd%9d7c"
 PLAIN = "S3ntinel-pw-9d7c"
@@ -124,7 +125,8 @@ def assert_no_secret(outcomes: list[Outcome]) -> None:
 
 def history_rows(url: str) -> list[str]:
     """Every column of every history row, as text."""
-    return [repr(row) for table in ("orchestrator_runs", "orchestrator_steps")
+    present = table_names(url)
+    return [repr(row) for table in HISTORY_TABLES if table in present
             for row in query(url, f"SELECT * FROM {table}")]
 
 
