@@ -79,7 +79,10 @@ class AppliedRevision(_Model):
     review_state: str = Field(description="the ledger's verdict on the script on disk now: reviewed, unreviewed or stale")
     recorded_sha256: Optional[str]
     script_sha256: Optional[str] = Field(description="sha256 of the script on disk now; null when the file is gone")
-    script_matches: Optional[bool] = Field(description="true when the script on disk is the one applied; null when unknown")
+    repaired_sha256: Optional[str] = Field(None, description="sha256 a later `repair` accepted in place of the "
+                                                             "applied one (approved content), when there is one")
+    script_matches: Optional[bool] = Field(description="true when the script on disk is the one applied (or the one a "
+                                                       "later repair accepted); null when unknown")
 
 
 class FailedStep(_Model):
@@ -286,11 +289,17 @@ def _applying_steps(conn: Connection, ctx: EnvContext, revisions: list[str],
                        steps.c.script_sha256, runs.c.operator, runs.c.env)
              .join(runs, runs.c.run_id == steps.c.run_id).where(*wanted)
              .order_by(steps.c.started_at.desc()).limit(1))
+    repaired = (sa.select(steps.c.script_sha256, steps.c.started_at)
+                .where(steps.c.status == SUCCEEDED, steps.c.direction == "repair", steps.c.revision == sa.bindparam("rev"))
+                .order_by(steps.c.started_at.desc()).limit(1))
     found = {}
     for revision in revisions:
         row = conn.execute(query, {"rev": revision}).mappings().first()
         if row is not None:
             found[revision] = dict(row)
+            repair = conn.execute(repaired, {"rev": revision}).mappings().first()
+            if repair is not None and repair["started_at"] >= row["started_at"]:
+                found[revision]["repaired_sha256"] = repair["script_sha256"]
     return found
 
 
@@ -346,6 +355,7 @@ def _applied(ctx: EnvContext, revision: str, row: dict[str, Any] | None, ledger:
     f = ctx.all_files.get(revision)
     on_disk = f.sha256 if f is not None else None
     recorded = row["script_sha256"] if row else None
+    accepted = (row.get("repaired_sha256") or recorded) if row else None
     review = ledger.state(revision, on_disk) if ledger is not None and on_disk else "unreviewed"
     return AppliedRevision(
         revision=revision, message=f.message if f else "", applied_at=_iso(row["started_at"]) if row else None,
@@ -353,8 +363,8 @@ def _applied(ctx: EnvContext, revision: str, row: dict[str, Any] | None, ledger:
         run_id=row["run_id"] if row else None,
         recorded_env=row["env"] if row and row["env"] != ctx.name else None,
         reviewer=row["reviewer"] if row else None, review_state=review,
-        recorded_sha256=recorded, script_sha256=on_disk,
-        script_matches=(recorded == on_disk) if recorded and on_disk else None)
+        recorded_sha256=recorded, script_sha256=on_disk, repaired_sha256=accepted if accepted != recorded else None,
+        script_matches=(accepted == on_disk) if accepted and on_disk else None)
 
 
 def _ledger(registry: Registry) -> Ledger | None:

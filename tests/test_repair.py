@@ -286,6 +286,13 @@ def test_repair_accepts_an_edited_applied_script_only_once_it_is_approved(tmp_pa
     assert (PROD_REVISIONS[1], "up", old) in [(r[2], r[4], r[5]) for r in after]
     # staging, which was not repaired, still reports its own edited script
     assert project.cli("verify", "--env", "staging").exit_code == EXIT_DIFFERENCES
+    # the report agrees: prod's script matches what repair accepted, the applied hash is kept beside it
+    report = json.loads(project.cli("report", "--format", "json").stdout)
+    applied = {e["env"]: {a["revision"]: a for a in e["applied"]} for e in report["details"]}
+    assert {k: applied["prod"][PROD_REVISIONS[1]][k] for k in ("recorded_sha256", "repaired_sha256", "script_matches")} \
+        == {"recorded_sha256": old, "repaired_sha256": new, "script_matches": True}
+    assert {k: applied["staging"][PROD_REVISIONS[1]][k] for k in ("repaired_sha256", "script_matches")} \
+        == {"repaired_sha256": None, "script_matches": False}
 
 
 # ---------------------------------------------------------------------------- sys.exit() in upgrade()
