@@ -175,23 +175,25 @@ def test_lint_inside_a_running_migration_leaves_its_context_in_place(tmp_path: P
 # ---------------------------------------------------------------------------------------------- sys.exit
 
 
-def exit_line(project: Project, revision: str, line: int, verb: str) -> str:
-    return (f"error: {shown(project, revision)}:{line}: sys.exit(0) was called while `{verb}` read the revision "
-            "scripts, before any verdict; remove that call from the script\n")
-
-
 def test_sys_exit_at_import_never_passes_silently(demo: Project, orchestrator_dialect: str) -> None:
+    """Reading no longer imports scripts; rendering one that exits at import is a finding, never a silent exit."""
     demo.write_revision("versions_prod", EXITS, PROD_HEAD, 'op.drop_column("sessions", "workflow_data")',
                         message="exits at import", extra="import sys\nsys.exit(0)")
-    line = 1 + next(i for i, text in enumerate((demo.root / shown(demo, EXITS)).read_text().splitlines())
-                    if text == "sys.exit(0)")
-    for args, verb in ((("review", "check", "--all"), "review check"), (("lint", "--strict"), "lint"),
-                       (("verify",), "verify")):
-        result = demo.cli(*args, "--env", "staging")
-        assert (result.exit_code, result.stdout, result.stderr) == (1, "", exit_line(demo, EXITS, line, verb)), args
-    # the same as a user's process
+    where = f"revision {EXITS} ({shown(demo, EXITS)})"
+    message = (f"not analysable offline: GraphError: {shown(demo, EXITS)}: cannot import revision script {EXITS}: "
+               "SystemExit: 0")
+    check = demo.cli("review", "check", "--all", "--env", "staging")
+    assert (check.exit_code, check.stderr) == (3, "")
+    assert check.stdout == (
+        f"staging: {where} is not reviewed; run `orchestrator review approve {EXITS} --reviewer NAME`\n"
+        f"staging: {where}: lint error not-analysable ({message}) is not acknowledged; "
+        "approve it with --ack not-analysable\n")
+    assert findings(demo, "staging", EXITS) == [(EXITS, "not-analysable", message, None)]
+    # the same as a user's process: the verdict printed, exit 3
     process = demo.run("lint", "--strict", "--env", "staging")
-    assert (process.returncode, process.stdout, process.stderr) == (1, "", exit_line(demo, EXITS, line, "lint"))
+    assert process.returncode == 3 and "not-analysable" in process.stdout and "SystemExit: 0" in process.stdout
+    verify = demo.cli("verify", "--env", "staging")  # verify runs no script
+    assert (verify.exit_code, verify.stdout) == (0, "verified: no integrity findings\n")
 
 
 def test_sys_exit_in_upgrade_is_not_analysable_never_an_exit(demo: Project, orchestrator_dialect: str) -> None:
