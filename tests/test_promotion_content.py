@@ -299,6 +299,9 @@ def test_a_refusal_that_cannot_be_recorded_is_still_a_refusal(pair: Project, orc
     assert lines[0].startswith("prod: rendering from base: the database is unreachable: ")
     assert lines[3].startswith("  - this refusal is not recorded: environment 'prod': cannot connect to ")
     assert len(lines) == 4
+    # a forced print of approved content (still refused: staging no longer has it) that cannot be recorded
+    ok(pair, "review", "approve", NEW, "--reviewer", "alice")
+    ok(pair, "downgrade", "--env", "staging", PROD_HEAD)
     forced = pair.cli("upgrade", "--env", "prod", "--sql", "--force", "--reason", "CHG-8")
     assert (forced.exit_code, forced.stdout) == (1, "")
     assert forced.stderr.splitlines()[1].startswith(
