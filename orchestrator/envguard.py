@@ -89,6 +89,7 @@ class _Watch:
         """Raise UnrecordedSteps when env.py moved the version table where the recorder did not see it."""
         if self.unrecorded is None:
             if exc is not None and _nested_asyncio_run(exc) and self.environment.config.attributes.get(RUN_ATTRIBUTE):
+                _close_refused_coroutine(exc)
                 self.refuse_nested_loop(exc)
             return
         ctx = self.orchestrator_context()
@@ -156,6 +157,18 @@ def _bypass(arguments: dict[str, Any], ours: Connection, recorder: Any) -> str |
     if not any(getattr(hook, "__self__", None) is recorder for hook in hooks):
         return NO_RECORDER
     return None
+
+
+def _close_refused_coroutine(exc: Exception) -> None:
+    """Close the coroutine asyncio.run() refused, so Python does not warn later that it was never awaited."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "run" and frame.f_globals.get("__name__") == "asyncio.runners":
+            main = frame.f_locals.get("main")
+            if inspect.iscoroutine(main):
+                main.close()
+        tb = tb.tb_next
 
 
 def _nested_asyncio_run(exc: Exception) -> bool:
