@@ -63,6 +63,7 @@ SLEEPS = [("sqlite", "python"), ("postgresql", "python"), ("postgresql", "postgr
           ("mysql", "python"), ("mysql", "mysql")]
 
 
+@pytest.mark.reliability_fault
 @pytest.mark.parametrize(("orchestrator_dialect", "where"), SLEEPS, indirect=["orchestrator_dialect"],
                          ids=[f"{d}-sleep-{w if w == 'python' else 'server'}" for d, w in SLEEPS])
 def test_ctrl_c_mid_step_records_the_run_interrupted_with_the_steps_done(single: Project, orchestrator_dialect: str,
@@ -95,6 +96,7 @@ RUNNER_SESSIONS = {
 CUT = {"postgresql": "SELECT pg_terminate_backend({})", "mysql": "KILL {}"}
 
 
+@pytest.mark.reliability_fault
 @pytest.mark.parametrize("orchestrator_dialect", ["postgresql", "mysql"], indirect=True)
 def test_ctrl_c_after_the_connection_was_cut_records_on_a_new_connection(single: Project, orchestrator_dialect: str,
                                                                          tmp_path: Path) -> None:
@@ -204,6 +206,7 @@ def test_verify_flags_a_dead_runners_run_and_repair_marks_it_interrupted(single:
     assert query(url, "SELECT count(*) FROM orchestrator_runs WHERE command = 'repair'") == [(1,)]
 
 
+@pytest.mark.reliability_fault
 def test_a_killed_runner_is_flagged_by_verify_and_repaired(single: Project, orchestrator_dialect: str,
                                                            tmp_path: Path) -> None:
     add_sleeping_revision(single, "python")
