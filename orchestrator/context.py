@@ -44,8 +44,6 @@ class EnvContext:
     env: Environment
     _all_files: dict[str, RevisionFile] | None = field(default=None, repr=False)
     _stamp: Stamp | None = field(default=None, repr=False)
-    # kept for callers; scripts are never loaded while the folders are read
-    load_scripts: bool = False
 
     @property
     def name(self) -> str:
@@ -110,17 +108,20 @@ class EnvContext:
         install_revision_map(script, real_paths(graph.revisions.values(), self.env.version_locations), self.may_run)
         return script
 
+    def approved(self, file: RevisionFile) -> bool:
+        """Return True when the review ledger approves this content of the script (an unreadable ledger approves nothing)."""
+        from orchestrator.reviews import REVIEWED, load_ledger
+
+        try:
+            return self._ledger(load_ledger).state(file.revision, file.sha256) == REVIEWED
+        except (OrchestratorError, OSError):
+            return False
+
     def may_run(self, file: RevisionFile) -> None:
         """Allow a script's code to run here, or refuse: a protected environment runs approved content only."""
         if not self.env.protected:
             return
-        from orchestrator.reviews import REVIEWED, load_ledger
-
-        try:
-            approved = self._ledger(load_ledger).state(file.revision, file.sha256) == REVIEWED
-        except (OrchestratorError, OSError):
-            approved = False
-        if not approved:
+        if not self.approved(file):
             where = file.display_path(self.registry.root)
             raise GateRefused(
                 f"environment '{self.name}': revision {file.revision} ({where}) is not approved at sha256 "
@@ -198,7 +199,7 @@ def contexts(registry: Registry, names: list[str] | None = None) -> list[EnvCont
     shared: dict[str, RevisionFile] | None = None
     result = []
     for env in chosen:
-        ctx = EnvContext(registry, env, shared, load_scripts=len(chosen) == 1)
+        ctx = EnvContext(registry, env, shared)
         if shared is None:
             shared = ctx.all_files
             ctx._all_files = shared

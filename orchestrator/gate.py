@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.reviews import REVIEWED, STALE, UNREVIEWED, Ledger, load_ledger
+from orchestrator.reviews import STALE, UNREVIEWED, Ledger, load_ledger
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -63,8 +63,6 @@ def review_problems(ctx: "EnvContext", steps: Iterable["Step"], ledger: Ledger) 
             reasons.append(
                 f"{where} changed since approval by {approval.reviewer} (sha256 {approval.sha256[:12]} approved, "
                 f"{step.sha256[:12]} on disk); review it again: `orchestrator review approve {step.revision} --reviewer NAME`")
-        if ctx.env.protected and state != REVIEWED:
-            continue  # lint runs the script's code, and a protected environment runs approved content only
         for finding in unacknowledged_errors(ctx, step, ledger):
             reasons.append(f"{where}: lint error {finding.rule} ({finding.message}) is not acknowledged; "
                            f"approve it with --ack {finding.rule}")
@@ -82,11 +80,11 @@ def unacknowledged_errors(ctx: "EnvContext", step: "Step", ledger: Ledger) -> li
     if ctx.env.protected and not fresh:
         return []
     acknowledged = set(approval.acknowledged) if fresh and approval is not None else set()
-    return [f for f in lint_findings(ctx, step.revision, ledger)
+    return [f for f in lint_findings(ctx, step.revision)
             if f.severity == "error" and f.rule not in acknowledged]
 
 
-def lint_findings(ctx: "EnvContext", revision: str, ledger: Ledger | None = None) -> list["Finding"]:
+def lint_findings(ctx: "EnvContext", revision: str) -> list["Finding"]:
     """Return the lint findings of one revision on the environment's dialect (cached per content).
 
     On a protected environment a script whose content is not approved in the
@@ -99,7 +97,7 @@ def lint_findings(ctx: "EnvContext", revision: str, ledger: Ledger | None = None
     check_dialect(dialect, ctx.name)
     found = ctx.graph.get(revision)
     sha256 = found.sha256 if found else ""
-    if ctx.env.protected and not _approved(ctx, revision, sha256, ledger):
+    if ctx.env.protected and (found is None or not ctx.approved(found)):
         return unapproved_findings(revision, ctx.name, ctx.env.lint)
     # the environment's name too: its Config (main options) is what the script sees while rendered
     key = (ctx.name, revision, sha256, dialect, tuple(sorted(ctx.env.lint.items())))
@@ -107,16 +105,6 @@ def lint_findings(ctx: "EnvContext", revision: str, ledger: Ledger | None = None
         script = ctx.script.get_revision(revision)
         _lint_cache[key] = lint_revision(script, dialect, ctx.env.lint, config=ctx.config(), directory=ctx.script)
     return _lint_cache[key]
-
-
-def _approved(ctx: "EnvContext", revision: str, sha256: str, ledger: Ledger | None) -> bool:
-    """Tell whether the ledger approves this content of ``revision`` (an unreadable ledger approves nothing)."""
-    if ledger is None:
-        try:
-            ledger = load_ledger(ctx.registry.reviews_path)
-        except OrchestratorError:
-            return False
-    return bool(sha256) and ledger.state(revision, sha256) == REVIEWED
 
 
 _lint_cache: dict[tuple[Any, ...], list["Finding"]] = {}

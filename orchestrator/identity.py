@@ -77,8 +77,7 @@ def check_owner(recorder: Recorder, ctx: EnvContext, heads: tuple[str, ...], *, 
 
 def protected_context(ctx: EnvContext) -> EnvContext:
     """Return ``ctx`` judged as a protected environment, sharing what it has read (folders, graph, scripts, URL)."""
-    gated = EnvContext(ctx.registry, replace(ctx.env, protected=True), ctx._all_files, ctx._stamp,
-                       load_scripts=ctx.load_scripts)
+    gated = EnvContext(ctx.registry, replace(ctx.env, protected=True), ctx._all_files, ctx._stamp)
     for key in _SHARED:
         if key in ctx.__dict__:
             gated.__dict__[key] = ctx.__dict__[key]
